@@ -1,0 +1,71 @@
+"""`dpokit <command>`: each command maps to one function. User errors exit 2 with one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _offline_environment() -> None:
+    """Set before transformers / datasets / hub libraries are imported: no hub, no telemetry."""
+    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                       "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+                       "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ[key] = value
+
+
+def cmd_dpo(args) -> int:
+    from .config import DPOConfig, config_from_args
+    from .train.dpo import run_dpo
+
+    run_dpo(config_from_args(DPOConfig, args))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .commands_validate import validate_command
+
+    return validate_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import DPOConfig, add_arguments
+
+    parser = argparse.ArgumentParser(prog="dpokit", description="Align a local language model with DPO, offline.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    dpo = sub.add_parser("dpo", help="train a policy with DPO (or IPO, cDPO, hinge, robust, ODPO) on preference pairs",
+                         description="Train with a preference loss. With no arguments: SmolLM2-135M-Instruct on a "
+                                     "bundled hh-rlhf sample.")
+    add_arguments(dpo, DPOConfig)
+    dpo.set_defaults(func=cmd_dpo)
+    validate = sub.add_parser("validate", help="check a preference file and report shape, counts and token lengths")
+    validate.add_argument("path", help="data file or save_to_disk folder")
+    validate.add_argument("--model", default=None, help="tokenizer for token-length percentiles (default: embedded model)")
+    validate.add_argument("--max-length", type=int, default=512)
+    validate.add_argument("--max-prompt-length", type=int, default=256)
+    validate.add_argument("--no-tokens", action="store_true", help="skip token statistics (no tokenizer needed)")
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_environment()
+    from .errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"dpokit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dpokit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""One frozen dataclass per command. Help text, YAML keys and CLI flags all come from its fields.
+
+Precedence: dataclass defaults < --config FILE.yaml < explicit CLI flags. Unknown keys and impossible
+combinations raise UserError naming the key and the fix.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+import yaml
+
+from .errors import UserError
+from .losses import LOSSES
+from .models import DTYPES, EMBEDDED_MODEL
+
+DEFAULT_DATA = "bundled:hh-rlhf-harmless"  # the sample shipped inside the package
+
+
+def opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    model: str = opt(EMBEDDED_MODEL, "policy to start from: local HF folder, .gguf file, or the embedded default")
+    ref: Optional[str] = opt(None, "reference model (default: a frozen copy of --model)")
+    data: str = opt(DEFAULT_DATA, "preference pairs: JSONL/JSON/CSV/Parquet (.gz ok) or a save_to_disk folder")
+    eval_data: Optional[str] = opt(None, "held-out pairs (default: split --eval-fraction of --data by prompt)")
+    eval_fraction: Optional[float] = opt(None, "share of prompts held out when --eval-data is not given (default 0.1; 0 disables eval)")
+    max_eval_pairs: Optional[int] = opt(None, "evaluate on at most this many held-out pairs")
+    output: str = opt("runs/dpo", "run folder: metrics.jsonl, config.yaml, checkpoints, final/")
+    loss: str = opt("sigmoid", "objective: " + ", ".join(LOSSES), choices=tuple(LOSSES))
+    beta: float = opt(0.1, "β: strength of the KL tie to the reference (usually 0.1–0.5)")
+    label_smoothing: float = opt(0.0, "ε for cdpo/sigmoid (conservative DPO) and robust: assumed label-flip rate")
+    odpo_alpha: float = opt(1.0, "α for odpo: offset = α·log(1 + margin)")
+    sft_weight: float = opt(0.0, "weight of a per-token NLL term on chosen answers (RPO); 0 = off")
+    learning_rate: float = opt(5e-7, "peak learning rate of AdamW")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    lr_schedule: str = opt("linear", "decay after warm-up", choices=("linear", "cosine", "constant"))
+    batch_size: int = opt(8, "pairs per optimizer step")
+    grad_accum: int = opt(1, "micro-batches per step (batch-size must divide by it)")
+    max_grad_norm: float = opt(10.0, "clip gradients to this global norm (0 = no clipping)")
+    max_length: int = opt(512, "max tokens of prompt + completion")
+    max_prompt_length: Optional[int] = opt(256, "prompt is cut from its start to this many tokens when a pair is too long")
+    max_steps: Optional[int] = opt(None, "optimizer steps to run (overrides --epochs)")
+    epochs: float = opt(1.0, "passes over the training pairs when --max-steps is not set")
+    seed: int = opt(0, "seed for data order, split and initialisation")
+    eval_every: int = opt(0, "evaluate every N steps (0 = only at start and end)")
+    save_every: int = opt(0, "checkpoint every N steps (0 = only the final model)")
+    dtype: Optional[str] = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPUs that support it)",
+                               choices=tuple(DTYPES))
+    skip_invalid: bool = opt(False, "drop invalid rows (counted in the summary) instead of stopping")
+    resume: bool = opt(False, "continue the run in --output from its last checkpoint")
+    overwrite: bool = opt(False, "allow writing into a non-empty --output (deletes what is there)")
+    trust_remote_code: bool = opt(False, "allow model code from the model folder (off: only transformers' own code runs)")
+    log_every: int = opt(1, "write a metrics line every N steps")
+
+    def __post_init__(self):
+        check_dpo_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_dpo_config(c: DPOConfig) -> None:
+    def bad(key: str, why: str):
+        raise UserError(f"config: {key}: {why}")
+
+    spec = LOSSES.get(c.loss)
+    if spec is None:
+        bad("loss", f"unknown loss {c.loss!r}; choose one of {', '.join(LOSSES)}")
+    if c.beta <= 0:
+        bad("beta", f"must be > 0, got {c.beta}")
+    if c.label_smoothing and not spec.uses_label_smoothing:
+        bad("label_smoothing", f"the {c.loss!r} loss does not use it; use --loss cdpo or robust, or drop it")
+    if not 0 <= c.label_smoothing < 0.5:
+        bad("label_smoothing", f"must be in [0, 0.5), got {c.label_smoothing}")
+    if c.loss != "odpo" and c.odpo_alpha != 1.0:
+        bad("odpo_alpha", "only the odpo loss uses it")
+    if c.batch_size < 1 or c.grad_accum < 1 or c.batch_size % c.grad_accum:
+        bad("batch_size", f"{c.batch_size} pairs per step must split into grad_accum={c.grad_accum} equal micro-batches")
+    if c.max_prompt_length is not None and c.max_prompt_length >= c.max_length:
+        bad("max_prompt_length", f"{c.max_prompt_length} must be below max_length={c.max_length} to leave room for answers")
+    if c.max_steps is not None and c.max_steps < 1:
+        bad("max_steps", "must be ≥ 1")
+    if c.epochs <= 0:
+        bad("epochs", "must be > 0")
+    if c.eval_fraction is not None and not 0 <= c.eval_fraction < 1:
+        bad("eval_fraction", "must be in [0, 1)")
+    if c.eval_data and c.eval_fraction is not None:
+        bad("eval_fraction", "give either --eval-data or --eval-fraction, not both")
+    if c.resume and c.overwrite:
+        bad("resume", "--resume continues a run and --overwrite deletes it; pick one")
+    if c.learning_rate <= 0:
+        bad("learning_rate", "must be > 0")
+
+
+def _field_type(cls, f) -> type:
+    hint = get_type_hints(cls)[f.name]
+    args = getattr(hint, "__args__", None)
+    return next(a for a in args if a is not type(None)) if args else hint
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of keys to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cls, values: dict[str, Any], source: str = "config"):
+    """Make ``cls`` from a dict, naming unknown keys and wrongly typed values."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(fields)}")
+    clean = {}
+    for key, value in values.items():
+        typ = _field_type(cls, fields[key])
+        if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            clean[key] = value
+        elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+            clean[key] = float(value)
+        else:
+            raise UserError(f"{source}: {key} must be {typ.__name__}, got {value!r}")
+    return cls(**clean)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field: --learning-rate for learning_rate. Defaults are left out so we know what was set."""
+    parser.add_argument("--config", help="YAML file with any of the keys below (flags given here win)")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        typ = _field_type(cls, f)
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if typ is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=typ, default=None, help=help_text, choices=f.metadata.get("choices"),
+                                metavar=f.name.upper())
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    values = read_yaml(args.config) if getattr(args, "config", None) else {}
+    source = args.config or "config"
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return build_config(cls, values, source)
+
+
+def dump_config(config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

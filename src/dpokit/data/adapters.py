@@ -1,0 +1,287 @@
+"""Turn one raw row, whatever its shape, into the one canonical ``PreferencePair``.
+
+Shapes (the names appear in errors and reports):
+  standard        {"prompt": str, "chosen": str, "rejected": str}
+  conversational  {"prompt" | "messages": [msg, ...], "chosen": [assistant msg], "rejected": [assistant msg]}
+                  or TRL's implicit prompt: {"chosen": [msg, ...], "rejected": [msg, ...]} (full conversations)
+  hh_rlhf         {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}  (Anthropic HH)
+  sharegpt        {"conversations": [{"from", "value"}, ...], "chosen": {"from": "gpt", "value"}, "rejected": ...}
+  openai          {"input": {"messages": [...]}, "preferred_output": [msg], "non_preferred_output": [msg]}
+Optional margin: "margin", or "score_chosen" - "score_rejected" (top level or inside "metadata").
+Unknown extra fields are ignored.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from dpokit.errors import DataError
+from dpokit.types import PreferencePair
+
+SHAPES = ("standard", "conversational", "hh_rlhf", "sharegpt", "openai")
+_NEEDS = {
+    "standard": "prompt, chosen, rejected",
+    "conversational": "prompt (or messages), chosen, rejected; or chosen, rejected as full conversations",
+    "hh_rlhf": "chosen, rejected",
+    "sharegpt": "conversations, chosen, rejected",
+    "openai": "input, preferred_output, non_preferred_output",
+}
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+HH_MARKER = "\n\nAssistant:"
+
+
+class RowError(DataError):
+    """A problem in one row; keeps ``origin`` and ``field`` so validation can list it."""
+
+    def __init__(self, origin: str, field: str | None, detail: str):
+        super().__init__(f"{origin}: {detail}")
+        self.origin, self.field, self.detail = origin, field, detail
+
+
+def detect_shape(value: dict, origin: str) -> str:
+    """The shape name of one row, judged from its keys (and, where keys are ambiguous, value types)."""
+    if not isinstance(value, dict):
+        raise RowError(origin, None, f"expected an object with named fields, got {_type(value)}")
+    if "input" in value and ("preferred_output" in value or "non_preferred_output" in value):
+        return "openai"
+    if "conversations" in value:
+        return "sharegpt"
+    if "prompt" in value or "messages" in value:
+        return "conversational" if _message_list(value.get(_prompt_key(value))) is not None else "standard"
+    if "chosen" in value or "rejected" in value:
+        completion = value.get("chosen", value.get("rejected"))
+        return "conversational" if _message_list(completion) is not None else "hh_rlhf"
+    keys = ", ".join(sorted(map(str, value))) or "none"
+    accepted = "; ".join(f"{shape} ({needs})" for shape, needs in _NEEDS.items())
+    raise RowError(origin, None, f"row fits no known shape (its keys: {keys}); accepted shapes: {accepted}")
+
+
+def to_pair(value: dict, shape: str, origin: str) -> PreferencePair:
+    """Adapt one row of a known shape; every type problem raises ``RowError`` naming the field."""
+    if shape not in _ADAPTERS:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    prompt, chosen, rejected = _ADAPTERS[shape](value, origin)
+    return PreferencePair(prompt, chosen, rejected, origin, _margin(value, origin))
+
+
+def _standard(value: dict, origin: str) -> tuple:
+    _require(value, "standard", origin)
+    return tuple(_string(value, key, origin) for key in ("prompt", "chosen", "rejected"))
+
+
+def _conversational(value: dict, origin: str) -> tuple:
+    if "prompt" not in value and "messages" not in value:
+        return _implicit_prompt(value, origin)
+    _require(value, "conversational", origin, fields=(_prompt_key(value), "chosen", "rejected"))
+    key = _prompt_key(value)
+    prompt = _messages(value[key], key, origin)
+    if not prompt:
+        raise RowError(origin, key, f"field '{key}' is an empty message list")
+    chosen = _single_assistant(_messages(value["chosen"], "chosen", origin), "chosen", origin)
+    rejected = _single_assistant(_messages(value["rejected"], "rejected", origin), "rejected", origin)
+    return prompt, chosen, rejected
+
+
+def _implicit_prompt(value: dict, origin: str) -> tuple:
+    # TRL's implicit prompt: the prompt is the longest common prefix of the two conversations.
+    _require(value, "conversational", origin, fields=("chosen", "rejected"))
+    chosen = _messages(value["chosen"], "chosen", origin)
+    rejected = _messages(value["rejected"], "rejected", origin)
+    n = 0
+    # Stop one short of the shorter list so each side keeps its final answer (identical pairs stay
+    # pairs, and validation reports them as identical).
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        raise RowError(origin, "chosen", "fields 'chosen' and 'rejected' share no prompt messages")
+    return (
+        chosen[:n],
+        _single_assistant(chosen[n:], "chosen", origin, offset=n),
+        _single_assistant(rejected[n:], "rejected", origin, offset=n),
+    )
+
+
+def _hh_rlhf(value: dict, origin: str) -> tuple:
+    _require(value, "hh_rlhf", origin)
+    chosen, rejected = _string(value, "chosen", origin), _string(value, "rejected", origin)
+    chosen_cut, rejected_cut = _hh_cut(chosen, "chosen", origin), _hh_cut(rejected, "rejected", origin)
+    # Split each transcript at its own last assistant turn, never at the first differing character:
+    # answers that start alike keep their common start. If the histories differ (5 rows of
+    # harmless-base do), chosen's history is the prompt, as in the DPO reference code.
+    return chosen[:chosen_cut], chosen[chosen_cut:], rejected[rejected_cut:]
+
+
+def _hh_cut(text: str, key: str, origin: str) -> int:
+    at = text.rfind(HH_MARKER)
+    if at < 0:
+        detail = f"field '{key}' has no '\\n\\nAssistant:' turn (shape 'hh_rlhf' needs full transcripts)"
+        raise RowError(origin, key, detail)
+    return at + len(HH_MARKER)
+
+
+def _sharegpt(value: dict, origin: str) -> tuple:
+    _require(value, "sharegpt", origin)
+    turns = value["conversations"]
+    if not isinstance(turns, list) or not turns:
+        detail = f"field 'conversations' must be a non-empty list of turns, got {_describe(turns)}"
+        raise RowError(origin, "conversations", detail)
+    prompt = tuple(_sharegpt_turn(turn, f"conversations[{i}]", origin) for i, turn in enumerate(turns))
+    system = value.get("system")
+    if isinstance(system, str) and system:  # LLaMA-Factory's optional system column
+        prompt = ({"role": "system", "content": system},) + prompt
+    return prompt, _sharegpt_answer(value, "chosen", origin), _sharegpt_answer(value, "rejected", origin)
+
+
+def _sharegpt_turn(turn: Any, field: str, origin: str) -> dict:
+    if not isinstance(turn, dict):
+        raise RowError(origin, field, f"field '{field}' must be an object with 'from' and 'value', got {_type(turn)}")
+    who = turn.get("from")
+    if not isinstance(who, str) or who not in SHAREGPT_ROLES:
+        allowed = ", ".join(SHAREGPT_ROLES)
+        raise RowError(origin, f"{field}.from", f"field '{field}.from' must be one of {allowed}, got {_describe(who)}")
+    text = turn.get("value")
+    if not isinstance(text, str):
+        raise RowError(origin, f"{field}.value", f"field '{field}.value' must be a string, got {_type(text)}")
+    return {"role": SHAREGPT_ROLES[who], "content": text}
+
+
+def _sharegpt_answer(value: dict, key: str, origin: str) -> str:
+    message = _sharegpt_turn(value[key], key, origin)
+    if message["role"] != "assistant":
+        detail = f"field '{key}.from' must be 'gpt' or 'assistant', got {value[key]['from']!r}"
+        raise RowError(origin, f"{key}.from", detail)
+    return message["content"]
+
+
+def _openai(value: dict, origin: str) -> tuple:
+    _require(value, "openai", origin)
+    request = value["input"]
+    if not isinstance(request, dict) or "messages" not in request:
+        raise RowError(origin, "input", f"field 'input' must be an object with 'messages', got {_describe(request)}")
+    prompt = _messages(request["messages"], "input.messages", origin)
+    if not prompt:
+        raise RowError(origin, "input.messages", "field 'input.messages' is an empty message list")
+    answers = []
+    for key in ("preferred_output", "non_preferred_output"):
+        answers.append(_single_assistant(_messages(value[key], key, origin), key, origin))
+    return prompt, answers[0], answers[1]
+
+
+_ADAPTERS = {
+    "standard": _standard,
+    "conversational": _conversational,
+    "hh_rlhf": _hh_rlhf,
+    "sharegpt": _sharegpt,
+    "openai": _openai,
+}
+_FIELDS = {"standard": ("prompt", "chosen", "rejected"), "hh_rlhf": ("chosen", "rejected"),
+           "sharegpt": ("conversations", "chosen", "rejected"),
+           "openai": ("input", "preferred_output", "non_preferred_output")}
+
+
+def _require(value: dict, shape: str, origin: str, fields: tuple[str, ...] | None = None) -> None:
+    for key in fields or _FIELDS[shape]:
+        if key not in value:
+            raise RowError(origin, key, f"missing field '{key}' (shape '{shape}' needs {_NEEDS[shape]})")
+
+
+def _prompt_key(value: dict) -> str:
+    return "prompt" if "prompt" in value else "messages"
+
+
+def _string(value: dict, key: str, origin: str) -> str:
+    text = value[key]
+    if not isinstance(text, str):
+        raise RowError(origin, key, f"field '{key}' must be a string, got {_type(text)}")
+    return text
+
+
+def _message_list(raw: Any) -> list | None:
+    """``raw`` as a list if it is one, or is JSON text of a list of objects (a CSV cell); else None."""
+    if isinstance(raw, list):
+        return raw
+    if isinstance(raw, str) and raw.lstrip().startswith("["):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return None
+        if isinstance(parsed, list) and parsed and all(isinstance(m, dict) for m in parsed):
+            return parsed
+    return None
+
+
+def _messages(raw: Any, key: str, origin: str) -> tuple[dict, ...]:
+    items = _message_list(raw)
+    if items is None:
+        raise RowError(origin, key, f"field '{key}' must be a list of {{role, content}} messages, got {_describe(raw)}")
+    return tuple(_message(m, f"{key}[{i}]", origin) for i, m in enumerate(items))
+
+
+def _message(raw: Any, field: str, origin: str) -> dict:
+    if not isinstance(raw, dict):
+        raise RowError(origin, field, f"field '{field}' must be a {{role, content}} object, got {_type(raw)}")
+    role, content = raw.get("role"), raw.get("content")
+    if role not in ROLES:
+        detail = f"field '{field}.role' must be one of {', '.join(ROLES)}, got {_describe(role)}"
+        raise RowError(origin, f"{field}.role", detail)
+    if not isinstance(content, str):
+        raise RowError(origin, f"{field}.content", f"field '{field}.content' must be a string, got {_type(content)}")
+    return {"role": role, "content": content}  # extra keys (name, weight, ...) are dropped
+
+
+def _single_assistant(messages: tuple[dict, ...], key: str, origin: str, offset: int = 0) -> str:
+    if len(messages) != 1:
+        where = f" after the {offset} shared prompt messages" if offset else ""
+        raise RowError(origin, key, f"field '{key}' must hold exactly one assistant message{where}, got {len(messages)}")
+    if messages[0]["role"] != "assistant":
+        field = f"{key}[{offset}].role"
+        raise RowError(origin, field, f"field '{field}' must be 'assistant', got {messages[0]['role']!r}")
+    return messages[0]["content"]
+
+
+def _margin(value: dict, origin: str) -> float | None:
+    if _present(value.get("margin")):
+        return _number(value["margin"], "margin", origin)
+    metadata = value.get("metadata")
+    for where, source in (("", value), ("metadata.", metadata if isinstance(metadata, dict) else {})):
+        has_chosen, has_rejected = _present(source.get("score_chosen")), _present(source.get("score_rejected"))
+        if has_chosen and has_rejected:
+            chosen = _number(source["score_chosen"], f"{where}score_chosen", origin)
+            return chosen - _number(source["score_rejected"], f"{where}score_rejected", origin)
+        if has_chosen or has_rejected:
+            missing = f"{where}score_rejected" if has_chosen else f"{where}score_chosen"
+            detail = f"missing field '{missing}' (a margin needs both score_chosen and score_rejected)"
+            raise RowError(origin, missing, detail)
+    return None
+
+
+def _present(raw: Any) -> bool:
+    return raw is not None and raw != ""  # CSV writes a missing value as an empty cell
+
+
+def _number(raw: Any, field: str, origin: str) -> float:
+    number = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):  # True is an int, not a score
+        number = float(raw)
+    elif isinstance(raw, str):  # every CSV value is a string
+        try:
+            number = float(raw)
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise RowError(origin, field, f"field '{field}' must be a finite number, got {_describe(raw)}")
+    return number
+
+
+def _type(raw: Any) -> str:
+    return "null" if raw is None else type(raw).__name__
+
+
+def _describe(raw: Any) -> str:
+    """The type, plus a short look at the value where that helps (a string or a bool)."""
+    if isinstance(raw, (str, bool)):
+        text = repr(raw)
+        return f"{_type(raw)} {text[:40] + '…' if len(text) > 40 else text}"
+    return _type(raw)

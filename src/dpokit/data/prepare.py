@@ -1,0 +1,80 @@
+"""load → validate → split by prompt → tokenize: everything between a path and token ids."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..types import PreferencePair, TokenizedPair
+from .tokenize import tokenize_pairs
+from .validate import load_pairs
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED = {"hh-rlhf-harmless": "hh_rlhf_harmless_sample.jsonl.gz"}
+
+
+def resolve_data_path(spec: str) -> Path:
+    """`bundled:NAME` → the sample shipped in the package; anything else is a local path."""
+    if spec.startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX):]
+        if name not in BUNDLED:
+            raise UserError(f"no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
+        return Path(__file__).resolve().parent.parent / "assets" / BUNDLED[name]
+    return Path(spec).expanduser()
+
+
+def prompt_key(pair: PreferencePair) -> str:
+    return pair.prompt if isinstance(pair.prompt, str) else json.dumps(pair.prompt, sort_keys=True)
+
+
+def split_by_prompt(pairs: list[PreferencePair], fraction: float, seed: int):
+    """Hold out a seeded `fraction` of distinct prompts, so no prompt is in both train and eval."""
+    prompts = sorted({prompt_key(p) for p in pairs})
+    random.Random(seed).shuffle(prompts)
+    held = set(prompts[: round(len(prompts) * fraction)])
+    train = [p for p in pairs if prompt_key(p) not in held]
+    held_out = [p for p in pairs if prompt_key(p) in held]
+    return train, held_out
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    summary: dict = field(default_factory=dict)
+
+
+def prepare_preference_data(config, tokenizer) -> PreparedData:
+    """The data half of a DPO run: every problem surfaces here, before any model is loaded."""
+    summary: dict = {}
+    train_report = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid)
+    summary["data"] = {"path": config.data, "shape": train_report.shape, "rows": train_report.num_rows,
+                       "dropped": train_report.dropped_counts()}
+    train_pairs, eval_pairs = train_report.pairs, []
+    if config.eval_data:
+        eval_report = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid)
+        summary["eval_data"] = {"path": config.eval_data, "shape": eval_report.shape, "rows": eval_report.num_rows,
+                                "dropped": eval_report.dropped_counts()}
+        eval_pairs = eval_report.pairs
+    else:
+        fraction = 0.1 if config.eval_fraction is None else config.eval_fraction
+        if fraction > 0:
+            train_pairs, eval_pairs = split_by_prompt(train_pairs, fraction, config.seed)
+    if config.max_eval_pairs is not None:
+        eval_pairs = eval_pairs[: config.max_eval_pairs]
+
+    counts: Counter = Counter()
+    tokenized = {}
+    for name, pairs in (("train", train_pairs), ("eval", eval_pairs)):
+        report = tokenize_pairs(tokenizer, pairs, max_length=config.max_length,
+                                max_prompt_length=config.max_prompt_length, skip_invalid=config.skip_invalid)
+        tokenized[name] = report.pairs
+        counts.update({f"{name}/{k}": v for k, v in report.counts.items()})
+    if not tokenized["train"]:
+        raise UserError(f"{config.data}: no training pairs left after validation and tokenization")
+    summary["tokenization"] = dict(counts)
+    summary["pairs"] = {"train": len(tokenized["train"]), "eval": len(tokenized["eval"])}
+    return PreparedData(tokenized["train"], tokenized["eval"], summary)

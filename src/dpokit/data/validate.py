@@ -1,0 +1,155 @@
+"""Load a file into checked ``PreferencePair``s, and describe what was found.
+
+load → adapt → check. Rows that cannot be adapted, or that adapt to a pair DPO cannot learn from
+(an empty answer, identical answers, a repeat of an earlier pair), are problems. By default any
+problem stops the load with one line naming the first; ``skip_invalid=True`` drops those rows and
+keeps them in the report. Nothing here prints.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpokit.data.adapters import RowError, detect_shape, to_pair
+from dpokit.data.io import read_records
+from dpokit.errors import DataError
+from dpokit.types import PreferencePair
+
+KINDS = ("invalid", "shape", "empty_completion", "identical", "duplicate")
+MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one row was dropped. ``message`` omits the origin; ``line()`` puts them together."""
+
+    origin: str
+    field: str | None
+    message: str
+    kind: str  # one of KINDS
+
+    def line(self) -> str:
+        return f"{self.origin}: {self.message}"
+
+
+@dataclass
+class LoadReport:
+    path: str
+    shape: str | None  # the file's shape, from its first valid row (None if no row was valid)
+    pairs: list[PreferencePair]
+    num_rows: int
+    problems: list[Problem] = field(default_factory=list)
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Dropped rows per problem kind, only the kinds that occurred, in ``KINDS`` order."""
+        counts = {kind: sum(p.kind == kind for p in self.problems) for kind in KINDS}
+        return {kind: n for kind, n in counts.items() if n}
+
+
+def load_pairs(path: str | Path, *, skip_invalid: bool = False) -> LoadReport:
+    """Read, adapt and check every row of ``path``. File-level errors (bad JSON, ...) always raise.
+
+    With ``skip_invalid=False`` any row problem raises one ``DataError`` naming the first problem;
+    with ``skip_invalid=True`` those rows are dropped and listed in ``report.problems``.
+    """
+    records = read_records(path)
+    report = LoadReport(str(path), None, [], len(records))
+    seen: dict[tuple, str] = {}  # pair key -> origin of the first kept row that had it
+    for record in records:
+        try:
+            shape = detect_shape(record.value, record.origin)
+            pair = to_pair(record.value, shape, record.origin)
+        except RowError as e:
+            report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
+            continue
+        report.shape = report.shape or shape  # the first valid row sets the file's shape
+        problem = _shape_problem(pair.origin, shape, report.shape) or _check(pair, seen)
+        if problem is None:
+            report.pairs.append(pair)
+        else:
+            report.problems.append(problem)
+    _raise_if_unusable(report, skip_invalid)
+    return report
+
+
+def _shape_problem(origin: str, shape: str, file_shape: str) -> Problem | None:
+    # Mixed shapes usually mean two files were concatenated by mistake; one shape per file is the contract.
+    if shape == file_shape:
+        return None
+    return Problem(origin, None, f"row shape '{shape}' differs from the file's shape '{file_shape}'", "shape")
+
+
+def _check(pair: PreferencePair, seen: dict[tuple, str]) -> Problem | None:
+    """The first reason DPO cannot learn from ``pair``; records kept pairs in ``seen``."""
+    for name in ("chosen", "rejected"):
+        if not getattr(pair, name).strip():
+            return Problem(pair.origin, name, f"'{name}' completion is empty", "empty_completion")
+    if pair.chosen == pair.rejected:
+        return Problem(pair.origin, "rejected", "chosen and rejected completions are identical", "identical")
+    key = _pair_key(pair)
+    if key in seen:
+        return Problem(pair.origin, None, f"duplicate of {seen[key]} (same prompt, chosen and rejected)", "duplicate")
+    seen[key] = pair.origin
+    return None
+
+
+def _pair_key(pair: PreferencePair) -> tuple:
+    prompt = pair.prompt if isinstance(pair.prompt, str) else tuple((m["role"], m["content"]) for m in pair.prompt)
+    return (prompt, pair.chosen, pair.rejected)
+
+
+def _raise_if_unusable(report: LoadReport, skip_invalid: bool) -> None:
+    problems = report.problems
+    if problems and not skip_invalid:
+        if len(problems) == 1:
+            hint = "(pass --skip-invalid to drop this row)"
+        else:
+            hint = (
+                f"(and {len(problems) - 1} more problems; run `dpokit validate {report.path}` to list them, "
+                "or pass --skip-invalid to drop these rows)"
+            )
+        raise DataError(f"{problems[0].line()} {hint}")
+    if not report.pairs:
+        raise DataError(
+            f"{report.path}: no valid preference pairs in {report.num_rows} rows; first problem: {problems[0].line()}"
+        )
+
+
+def format_report(report: LoadReport, token_stats: dict | None = None) -> str:
+    """A human-readable summary: file, shape, counts, dropped rows by kind, the first problems and,
+    if given, token-length percentiles from ``{"prompt": [ints], "chosen": [ints], "rejected": [ints]}``."""
+    dropped = report.dropped_counts()
+    by_kind = ", ".join(f"{kind} {n}" for kind, n in dropped.items())
+    lines = [
+        f"file:        {report.path}",
+        f"shape:       {report.shape or '(none detected)'}",
+        f"rows:        {report.num_rows}",
+        f"valid pairs: {len(report.pairs)}",
+        f"dropped:     {len(report.problems)}" + (f" ({by_kind})" if by_kind else ""),
+    ]
+    if report.problems:
+        shown = report.problems[:MAX_LISTED]
+        lines.append(f"problems (first {len(shown)} of {len(report.problems)}):")
+        lines += [f"  [{p.kind}] {p.line()}" for p in shown]
+    if token_stats is not None:
+        lines += _token_table(token_stats)
+    return "\n".join(lines)
+
+
+def _token_table(token_stats: dict) -> list[str]:
+    lines = [f"{'tokens':<10}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}"]
+    for name in ("prompt", "chosen", "rejected"):
+        lengths = sorted(token_stats.get(name) or [])
+        cells = [percentile(lengths, q) for q in (50, 90, 99, 100)]
+        lines.append(f"{name:<10}" + "".join(f"{'-' if c is None else c:>8}" for c in cells))
+    return lines
+
+
+def percentile(sorted_values: list[int], q: float) -> int | None:
+    """Nearest-rank percentile of already sorted values: the smallest value with at least q% of
+    the values at or below it. [1, 2, 3, 4] -> p50 = 2, p90 = 4. None for an empty list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]

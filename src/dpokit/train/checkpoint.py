@@ -1,0 +1,71 @@
+"""Checkpoints: written to a temporary folder and renamed, so a kill never leaves a half checkpoint."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def save_pretrained_atomic(model, tokenizer, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(target)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> Path:
+    target = run_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = run_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    rng = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+           "torch": torch.get_rng_state()}
+    torch.save(rng, tmp / "rng_state.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}), encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "step.json").is_file()]
+    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+    """Restore weights, optimizer, scheduler and RNG; return the step the checkpoint was taken at."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {name for name in missing if "lm_head" in name}  # tied to the embeddings, saved once
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    state = torch.load(path / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = torch.load(path / "rng_state.pt", weights_only=True)
+    random.setstate(rng["python"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(rng["torch"])
+    return json.loads((path / "step.json").read_text())["step"]

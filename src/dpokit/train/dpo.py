@@ -1,0 +1,109 @@
+"""`dpokit dpo` as a story: set up (data, then models) → train → save → summarise."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import DPOConfig, dump_config
+from ..data.prepare import prepare_preference_data
+from ..errors import UserError
+from ..losses import LN2, LOSSES
+from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from .checkpoint import latest_checkpoint, save_pretrained_atomic
+from .loop import train_dpo
+
+
+def prepare_run_dir(config: DPOConfig) -> Path:
+    """Never overwrite a run unless asked: a non-empty folder needs --resume or --overwrite."""
+    run_dir = Path(config.output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output {config.output!r} is a file, not a folder")
+    in_use = run_dir.exists() and any(run_dir.iterdir())
+    if config.resume:
+        if not in_use or latest_checkpoint(run_dir) is None:
+            raise UserError(f"--resume: no checkpoint in {config.output!r} to resume from (save with --save-every N)")
+    elif in_use:
+        if not config.overwrite:
+            raise UserError(f"output folder {config.output!r} is in use; pass --overwrite to replace it, "
+                            "--resume to continue it, or choose another --output")
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {config.output!r}: {e.strerror}") from None
+    return run_dir
+
+
+def default_dtype() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def check_margins(config: DPOConfig, pairs) -> None:
+    if LOSSES[config.loss].needs_margins:
+        missing = [p.origin for p in pairs if p.margin is None]
+        if missing:
+            raise UserError(f"{missing[0]}: the {config.loss} loss needs a per-pair `margin` (or score_chosen/"
+                            f"score_rejected); {len(missing)} pairs have none")
+
+
+def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
+    started = time.time()
+    run_dir = prepare_run_dir(config)
+    dtype = config.dtype or default_dtype()
+
+    # Data first: every data problem surfaces before minutes go into loading a model.
+    model_path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    data = prepare_preference_data(config, tokenizer)
+    check_margins(config, data.train + data.eval)
+
+    policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True)
+    if config.ref:
+        reference = load_model(resolve_model_path(config.ref), dtype=dtype, trust_remote_code=config.trust_remote_code,
+                               train=False)
+    else:
+        reference = frozen_copy(policy)
+    dump_config(config, run_dir / "config.yaml")
+
+    result = train_dpo(policy, reference, tokenizer, data.train, data.eval, config, run_dir)
+    save_pretrained_atomic(result.pop("policy"), tokenizer, run_dir / "final")
+
+    summary = {**data.summary, **result, "dtype": dtype, "wall_seconds": time.time() - started,
+               "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final")}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if not quiet:
+        print(format_summary(summary))
+    return summary
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"dpokit dpo: {s['steps']} steps on {s['pairs']['train']} pairs in {s['wall_seconds']:.0f} s "
+             f"({s['tokens_per_s']:.0f} tokens/s training, peak RSS {s['peak_rss_mb']:.0f} MB)"]
+    dropped = {k: v for k, v in s["data"]["dropped"].items() if v}
+    if dropped:
+        lines.append(f"  dropped rows: {dropped}")
+    trunc = {k: v for k, v in s["tokenization"].items() if v}
+    if trunc:
+        lines.append(f"  tokenization: {trunc}")
+    start, end = s.get("eval_start") or {}, s.get("eval_end") or {}
+    if end:
+        lines.append(f"  held-out ({s['pairs']['eval']} pairs)      start     end")
+        for key, label in (("eval/loss", "DPO loss"), ("eval/rewards/accuracies", "reward accuracy"),
+                           ("eval/rewards/margins", "reward margin")):
+            lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}")
+        lines.append(f"  (at the start the policy equals the reference: loss ln 2 = {LN2:.4f}, every margin 0; "
+                     "a tie counts as a wrong answer, so accuracy starts at 0)")
+    lines.append(f"  model: {s['output']}")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""The DPO training loop, top to bottom: schedule → eval/checkpoint → micro-steps → clip → step → log."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.collate import collate_pairs
+from ..logprobs import batch_logps
+from ..losses import LOSSES, PairLogps, chosen_nll
+from ..types import PreferenceBatch, TokenizedPair
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .metrics import MetricsLog, MetricSums, pair_metrics
+
+
+def pair_order(num_pairs: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the pairs used at `step` (0-based): a flat stream of seeded per-epoch permutations.
+
+    Derivable from the step alone, so a resumed run sees exactly the data an uninterrupted run would.
+    """
+    start, stop = step * batch_size, (step + 1) * batch_size
+    out, epoch = [], start // num_pairs
+    while len(out) < batch_size:
+        perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        lo = max(start - epoch * num_pairs, 0)
+        hi = min(stop - epoch * num_pairs, num_pairs)
+        out += perm[lo:hi]
+        epoch += 1
+    return out
+
+
+def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
+    """Loss of one micro-batch (mean over its pairs) and its per-pair metrics."""
+    policy = batch_logps(policy_model, batch)
+    out = LOSSES[config.loss].fn(policy, reference_logps, beta=config.beta, label_smoothing=config.label_smoothing,
+                                 margins=batch.margins, odpo_alpha=config.odpo_alpha)
+    losses = out.losses
+    if config.sft_weight:
+        losses = losses + config.sft_weight * chosen_nll(policy)
+    return losses.mean(), pair_metrics(out, policy)
+
+
+@torch.no_grad()
+def reference_logps(reference_model, batch: PreferenceBatch) -> PairLogps:
+    return batch_logps(reference_model, batch)
+
+
+@torch.no_grad()
+def evaluate(policy_model, reference_cache: list[PairLogps], batches: list[PreferenceBatch], config) -> dict[str, float]:
+    was_training = policy_model.training
+    policy_model.eval()
+    sums = MetricSums()
+    for batch, ref in zip(batches, reference_cache):
+        _, metrics = objective(policy_model, ref, batch, config)
+        sums.add(metrics)
+    policy_model.train(was_training)
+    return sums.means(prefix="eval/")
+
+
+def total_steps(config, num_pairs: int) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * num_pairs / config.batch_size))
+
+
+def make_scheduler(optimizer, config, steps: int):
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[config.lr_schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=steps)
+
+
+def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], eval_pairs: list[TokenizedPair],
+              config, run_dir: Path, accelerator=None) -> dict:
+    """Train `policy` against the frozen `reference`; returns the first and last eval metrics and run totals."""
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(config.seed)
+    pad_id = tokenizer.pad_token_id
+    micro_size = config.batch_size // config.grad_accum
+    steps = total_steps(config, len(train_pairs))
+
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config, steps)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    reference.to(accelerator.device)
+
+    start_step = 0
+    checkpoint = latest_checkpoint(run_dir) if config.resume else None
+    if checkpoint is not None:
+        start_step = load_checkpoint(checkpoint, accelerator.unwrap_model(policy), optimizer, scheduler)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None)
+
+    # Reference log-probs of the held-out set never change: compute them once.
+    eval_batches = [collate_pairs(eval_pairs[i:i + micro_size], pad_id).to(accelerator.device)
+                    for i in range(0, len(eval_pairs), micro_size)]
+    eval_reference = [reference_logps(reference, b) for b in eval_batches]
+    first_eval = evaluate(policy, eval_reference, eval_batches, config) if eval_batches else {}
+    if first_eval and start_step == 0:
+        log.write({"step": 0, **first_eval})
+    last_eval = first_eval
+
+    tokens_seen, started = 0, time.time()
+    bar = tqdm(total=steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
+    for step in range(start_step, steps):
+        step_started = time.time()
+        indices = pair_order(len(train_pairs), step, config.batch_size, config.seed)
+        sums, step_tokens = MetricSums(), 0
+        for m in range(config.grad_accum):
+            micro = [train_pairs[i] for i in indices[m * micro_size:(m + 1) * micro_size]]
+            batch = collate_pairs(micro, pad_id).to(accelerator.device)
+            ref = reference_logps(reference, batch)
+            loss, metrics = objective(policy, ref, batch, config)
+            accelerator.backward(loss / config.grad_accum)
+            sums.add(metrics)
+            step_tokens += int(batch.attention_mask.sum())
+        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm or float("inf"))
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient norm at step {step + 1}")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        tokens_seen += step_tokens
+        record = {"step": done, "epoch": done * config.batch_size / len(train_pairs), **sums.means(),
+                  "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
+                  "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
+        if config.eval_every and done % config.eval_every == 0 and done != steps and eval_batches:
+            last_eval = evaluate(policy, eval_reference, eval_batches, config)
+            record.update(last_eval)
+        if done % config.log_every == 0 or done == steps:
+            log.write(record)
+        if config.save_every and done % config.save_every == 0 and done != steps:
+            save_checkpoint(run_dir, done, accelerator.unwrap_model(policy), tokenizer, optimizer, scheduler)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}",
+                        tok_s=f"{tokens_seen / (time.time() - started):.0f}")
+        bar.update(1)
+    bar.close()
+
+    if eval_batches and start_step < steps:
+        last_eval = evaluate(policy, eval_reference, eval_batches, config)
+        log.write({"step": steps, **last_eval})
+    elapsed = time.time() - started
+    return {"steps": steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
+            "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "eval_start": first_eval, "eval_end": last_eval,
+            "policy": accelerator.unwrap_model(policy)}

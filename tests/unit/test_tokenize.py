@@ -1,0 +1,49 @@
+from collections import Counter
+
+import pytest
+
+from dpokit.data.tokenize import tokenize_pair, tokenize_pairs
+from dpokit.errors import DataError
+from dpokit.types import PreferencePair
+
+
+def tok_pair(tokenizer, pair, max_length=512, max_prompt_length=256):
+    counts = Counter()
+    return tokenize_pair(tokenizer, pair, max_length=max_length, max_prompt_length=max_prompt_length, counts=counts), counts
+
+
+def test_plain_text_prompt_is_prefix_and_eos_appended(tiny_tokenizer):
+    pair = PreferencePair("\n\nHuman: hi there\n\nAssistant:", " Hello! How can I help?", " Go away.", "x:1")
+    t, counts = tok_pair(tiny_tokenizer, pair)
+    full = tiny_tokenizer(pair.prompt + pair.chosen, add_special_tokens=True)["input_ids"]
+    assert list(t.prompt_ids + t.chosen_ids) == full + [tiny_tokenizer.eos_token_id]
+    assert t.rejected_ids[-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(t.chosen_ids[:-1]) == pair.chosen
+    assert counts["boundary_retokenized"] == 0
+
+
+def test_conversational_uses_chat_template(tiny_tokenizer):
+    pair = PreferencePair(({"role": "user", "content": "hi"},), "Hello!", "No.", "x:2")
+    t, _ = tok_pair(tiny_tokenizer, pair)
+    assert tiny_tokenizer.decode(t.prompt_ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert tiny_tokenizer.decode(t.chosen_ids) == "Hello!<|im_end|>\n"
+    assert tiny_tokenizer.decode(t.rejected_ids) == "No.<|im_end|>\n"
+
+
+def test_truncation_cuts_prompt_start_then_completion_end(tiny_tokenizer):
+    prompt = "\n\nHuman: " + "one two three four five six seven eight nine ten " * 6 + "\n\nAssistant:"
+    pair = PreferencePair(prompt, " " + "alpha beta gamma delta " * 10, " short", "x:3")
+    full_prompt = tiny_tokenizer(prompt)["input_ids"]
+    t, counts = tok_pair(tiny_tokenizer, pair, max_length=40, max_prompt_length=16)
+    assert list(t.prompt_ids) == full_prompt[-16:]  # the end of the prompt is kept
+    assert len(t.prompt_ids) + len(t.chosen_ids) == 40  # chosen cut from its end to fit
+    assert t.truncated and counts["truncated_prompt"] == 1 and counts["truncated_completion"] == 1
+    assert len(t.rejected_ids) < 24  # the short answer is untouched
+
+
+def test_prompt_alone_too_long_is_reported_or_dropped(tiny_tokenizer):
+    pair = PreferencePair("word " * 100, " a", " b", "data.jsonl:7")
+    with pytest.raises(DataError, match="data.jsonl:7"):
+        tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=False)
+    report = tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=True)
+    assert report.pairs == [] and report.counts["dropped_too_long"] == 1
