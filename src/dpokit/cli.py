@@ -5,19 +5,18 @@ import argparse
 import os
 import sys
 
-
-def _offline_environment() -> None:
-    """Set before transformers / datasets / hub libraries are imported: no hub, no telemetry."""
-    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                       "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-                       "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-        os.environ[key] = value
+from .offline import enforce_offline
 
 
 def cmd_dpo(args) -> int:
+    from pathlib import Path
+
     from .config import DPOConfig, config_from_args
     from .train.dpo import run_dpo
 
+    if args.no_flags:  # the embedded default run: a shipped config file, named so nothing is hidden
+        args.config = str(Path(__file__).resolve().parent / "assets" / "default_run.yaml")
+        print(f"dpokit: no arguments, running the embedded default ({args.config})", flush=True)
     run_dpo(config_from_args(DPOConfig, args))
     return 0
 
@@ -49,11 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _offline_environment()
+    enforce_offline()  # already done by `import dpokit`; repeated so the guarantee sits where it is promised
     from .errors import UserError
 
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # our own bar shows what matters
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.no_flags = len(argv) == 1
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

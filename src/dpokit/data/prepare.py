@@ -47,25 +47,18 @@ class PreparedData:
     summary: dict = field(default_factory=dict)
 
 
-def prepare_preference_data(config, tokenizer) -> PreparedData:
-    """The data half of a DPO run: every problem surfaces here, before any model is loaded."""
-    summary: dict = {}
-    train_report = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid)
-    summary["data"] = {"path": config.data, "shape": train_report.shape, "rows": train_report.num_rows,
-                       "dropped": train_report.dropped_counts()}
-    train_pairs, eval_pairs = train_report.pairs, []
-    if config.eval_data:
-        eval_report = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid)
-        summary["eval_data"] = {"path": config.eval_data, "shape": eval_report.shape, "rows": eval_report.num_rows,
-                                "dropped": eval_report.dropped_counts()}
-        eval_pairs = eval_report.pairs
-    else:
+def split_pairs(config, train_pairs: list[PreferencePair], eval_pairs: list[PreferencePair] | None):
+    """Held-out pairs: the given ones, else a by-prompt split of the training pairs (--eval-fraction)."""
+    if eval_pairs is None:
         fraction = 0.1 if config.eval_fraction is None else config.eval_fraction
-        if fraction > 0:
-            train_pairs, eval_pairs = split_by_prompt(train_pairs, fraction, config.seed)
+        train_pairs, eval_pairs = split_by_prompt(train_pairs, fraction, config.seed) if fraction > 0 else (train_pairs, [])
     if config.max_eval_pairs is not None:
         eval_pairs = eval_pairs[: config.max_eval_pairs]
+    return train_pairs, eval_pairs
 
+
+def tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary: dict | None = None) -> PreparedData:
+    summary = dict(summary or {})
     counts: Counter = Counter()
     tokenized = {}
     for name, pairs in (("train", train_pairs), ("eval", eval_pairs)):
@@ -78,3 +71,19 @@ def prepare_preference_data(config, tokenizer) -> PreparedData:
     summary["tokenization"] = dict(counts)
     summary["pairs"] = {"train": len(tokenized["train"]), "eval": len(tokenized["eval"])}
     return PreparedData(tokenized["train"], tokenized["eval"], summary)
+
+
+def prepare_preference_data(config, tokenizer) -> PreparedData:
+    """The data half of a DPO run: every problem surfaces here, before any model is loaded."""
+    summary: dict = {}
+    train_report = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid)
+    summary["data"] = {"path": config.data, "shape": train_report.shape, "rows": train_report.num_rows,
+                       "dropped": train_report.dropped_counts()}
+    eval_pairs = None
+    if config.eval_data:
+        eval_report = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid)
+        summary["eval_data"] = {"path": config.eval_data, "shape": eval_report.shape, "rows": eval_report.num_rows,
+                                "dropped": eval_report.dropped_counts()}
+        eval_pairs = eval_report.pairs
+    train_pairs, eval_pairs = split_pairs(config, train_report.pairs, eval_pairs)
+    return tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary)

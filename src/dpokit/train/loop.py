@@ -100,8 +100,8 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     eval_batches = [collate_pairs(eval_pairs[i:i + micro_size], pad_id).to(accelerator.device)
                     for i in range(0, len(eval_pairs), micro_size)]
     eval_reference = [reference_logps(reference, b) for b in eval_batches]
-    first_eval = evaluate(policy, eval_reference, eval_batches, config) if eval_batches else {}
-    if first_eval and start_step == 0:
+    first_eval = evaluate(policy, eval_reference, eval_batches, config) if eval_batches and start_step == 0 else {}
+    if first_eval:
         log.write({"step": 0, **first_eval})
     last_eval = first_eval
 
@@ -131,7 +131,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
         record = {"step": done, "epoch": done * config.batch_size / len(train_pairs), **sums.means(),
                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                   "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
-        if config.eval_every and done % config.eval_every == 0 and done != steps and eval_batches:
+        if eval_batches and (done == steps or config.eval_every and done % config.eval_every == 0):
             last_eval = evaluate(policy, eval_reference, eval_batches, config)
             record.update(last_eval)
         if done % config.log_every == 0 or done == steps:
@@ -143,9 +143,8 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
         bar.update(1)
     bar.close()
 
-    if eval_batches and start_step < steps:
-        last_eval = evaluate(policy, eval_reference, eval_batches, config)
-        log.write({"step": steps, **last_eval})
+    if start_step:  # resumed: the run's true starting point is the step-0 line of metrics.jsonl
+        first_eval = log.first_record() or first_eval
     elapsed = time.time() - started
     return {"steps": steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
             "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "eval_start": first_eval, "eval_end": last_eval,
