@@ -55,6 +55,9 @@ class DPOConfig:
     dtype: Optional[str] = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPUs that support it)",
                                choices=tuple(DTYPES))
     skip_invalid: bool = opt(False, "drop invalid rows (counted in the summary) instead of stopping")
+    skip_nonfinite: bool = opt(False, "skip (and count) a step whose loss or gradient is NaN/inf instead of stopping")
+    keep_checkpoints: int = opt(2, "keep the newest K checkpoints (older ones are deleted after a new one is written)")
+    allow_pickle: bool = opt(False, "allow loading pickle (.bin) model weights; off: only safetensors load")
     resume: bool = opt(False, "continue the run in --output from its last checkpoint")
     overwrite: bool = opt(False, "allow writing into a non-empty --output (deletes what is there)")
     trust_remote_code: bool = opt(False, "allow model code from the model folder (off: only transformers' own code runs)")
@@ -96,6 +99,8 @@ def check_dpo_config(c: DPOConfig) -> None:
         bad("eval_fraction", "give either --eval-data or --eval-fraction, not both")
     if c.resume and c.overwrite:
         bad("resume", "--resume continues a run and --overwrite deletes it; pick one")
+    if c.keep_checkpoints < 1:
+        bad("keep_checkpoints", "must be ≥ 1 (the newest checkpoint is what --resume needs)")
     if c.learning_rate <= 0:
         bad("learning_rate", "must be > 0")
 

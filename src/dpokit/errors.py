@@ -9,3 +9,9 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A problem in a data file; the message names the file, line (or row) and field."""
+
+
+class NonFiniteError(UserError):
+    """A NaN/inf loss or gradient: names the step and the pairs of the batch; the last checkpoint is kept."""
+
+    exit_code = 3

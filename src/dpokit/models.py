@@ -65,7 +65,7 @@ def _convert_gguf(gguf: Path) -> Path:
     return target
 
 
-def resolve_model_path(spec: str) -> Path:
+def resolve_model_path(spec: str, *, allow_pickle: bool = False) -> Path:
     """A model argument → a local HF folder (GGUF files and the embedded name are converted once)."""
     if spec == EMBEDDED_MODEL:
         return _convert_gguf(embedded_gguf_path())
@@ -82,7 +82,10 @@ def resolve_model_path(spec: str) -> Path:
     has_weights = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
     if not has_weights:
         pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        hint = f" (found pickle weights {pickled[:2]}: convert them to safetensors)" if pickled else ""
+        if pickled and allow_pickle:
+            return path
+        hint = (f" but pickle weights {pickled[:2]}: pickle can run code when loaded, so convert them to safetensors "
+                "or pass --allow-pickle if you trust their source") if pickled else ""
         raise UserError(f"model folder {spec!r} has no .safetensors weights{hint}")
     return path
 
@@ -98,11 +101,14 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(path: Path, *, dtype: str = "float32", trust_remote_code: bool = False, train: bool = True):
+def load_model(path: Path, *, dtype: str = "float32", trust_remote_code: bool = False, train: bool = True,
+               allow_pickle: bool = False):
     """A causal LM in the given dtype, dropout off (DPO's log-ratios must be deterministic)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], use_safetensors=True,
+    # use_safetensors=None: transformers prefers safetensors and loads .bin with torch.load(weights_only=True).
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype],
+                                                 use_safetensors=None if allow_pickle else True,
                                                  trust_remote_code=trust_remote_code)
     disable_dropout(model)
     if train:

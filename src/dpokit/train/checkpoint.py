@@ -39,14 +39,25 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
            "torch": torch.get_rng_state()}
     torch.save(rng, tmp / "rng_state.pt")
     (tmp / "step.json").write_text(json.dumps({"step": step}), encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)  # only a re-save of the same step (after a resume) finds one
     tmp.rename(target)
     return target
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a folder without step.json was never finished)."""
     found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "step.json").is_file()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:

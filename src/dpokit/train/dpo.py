@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import memory
 from ..config import DPOConfig, dump_config
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
@@ -52,21 +53,33 @@ def check_margins(config: DPOConfig, pairs) -> None:
                             f"score_rejected); {len(missing)} pairs have none")
 
 
+def estimate_memory(config: DPOConfig, model_path, dtype: str):
+    micro = config.batch_size // config.grad_accum
+    ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else None
+    est = memory.estimate(model_path, dtype=dtype, micro_batch_pairs=micro, max_length=config.max_length,
+                          separate_reference=True, reference_path=ref_path)
+    memory.check_fits(est, device="cuda" if torch.cuda.is_available() else "cpu", micro_batch_pairs=micro,
+                      max_length=config.max_length)
+    return est
+
+
 def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     started = time.time()
     run_dir = prepare_run_dir(config)
     dtype = config.dtype or default_dtype()
 
     # Data first: every data problem surfaces before minutes go into loading a model.
-    model_path = resolve_model_path(config.model)
+    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
     data = prepare_preference_data(config, tokenizer)
     check_margins(config, data.train + data.eval)
 
-    policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True)
+    estimated = estimate_memory(config, model_path, dtype)
+    policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
+                        allow_pickle=config.allow_pickle)
     if config.ref:
-        reference = load_model(resolve_model_path(config.ref), dtype=dtype, trust_remote_code=config.trust_remote_code,
-                               train=False)
+        reference = load_model(resolve_model_path(config.ref, allow_pickle=config.allow_pickle), dtype=dtype,
+                               trust_remote_code=config.trust_remote_code, train=False, allow_pickle=config.allow_pickle)
     else:
         reference = frozen_copy(policy)
     dump_config(config, run_dir / "config.yaml")
@@ -75,6 +88,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     save_pretrained_atomic(result.pop("policy"), tokenizer, run_dir / "final")
 
     summary = {**data.summary, **result, "dtype": dtype, "wall_seconds": time.time() - started,
+               "estimated_memory_mb": estimated.total / 2**20,
                "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if not quiet:

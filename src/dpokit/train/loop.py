@@ -12,7 +12,8 @@ from ..data.collate import collate_pairs
 from ..logprobs import batch_logps
 from ..losses import LOSSES, PairLogps, chosen_nll
 from ..types import PreferenceBatch, TokenizedPair
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..errors import NonFiniteError
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .metrics import MetricsLog, MetricSums, pair_metrics
 
 
@@ -60,6 +61,28 @@ def evaluate(policy_model, reference_cache: list[PairLogps], batches: list[Prefe
     return sums.means(prefix="eval/")
 
 
+def nonfinite_message(step: int, origins: list[str], run_dir: Path) -> str:
+    last = latest_checkpoint(run_dir)
+    kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
+    shown = ", ".join(origins[:8]) + (f" and {len(origins) - 8} more" if len(origins) > 8 else "")
+    return (f"non-finite loss or gradient at step {step} (pairs {shown}); {kept}. Lower --learning-rate, check "
+            "those pairs, or pass --skip-nonfinite to skip such steps")
+
+
+def accumulate_gradients(policy, reference, micro_batches: list[PreferenceBatch], config, accelerator):
+    """Forward and backward over one step's micro-batches; returns metrics, tokens and whether the loss was finite."""
+    sums, tokens, finite = MetricSums(), 0, True
+    for batch in micro_batches:
+        batch = batch.to(accelerator.device)
+        ref = reference_logps(reference, batch)
+        loss, metrics = objective(policy, ref, batch, config)
+        finite = finite and bool(torch.isfinite(loss))
+        accelerator.backward(loss / len(micro_batches))
+        sums.add(metrics)
+        tokens += int(batch.attention_mask.sum())  # non-padding tokens, prompt included
+    return sums, tokens, finite
+
+
 def total_steps(config, num_pairs: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -105,30 +128,31 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
         log.write({"step": 0, **first_eval})
     last_eval = first_eval
 
-    tokens_seen, started = 0, time.time()
+    previous = log.last_record() if start_step else None  # running totals continue across a resume
+    tokens_seen = previous.get("tokens", 0) if previous else 0
+    skipped_steps = previous.get("skipped_nonfinite", 0) if previous else 0
+    started, tokens_at_start = time.time(), tokens_seen
     bar = tqdm(total=steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
     for step in range(start_step, steps):
         step_started = time.time()
         indices = pair_order(len(train_pairs), step, config.batch_size, config.seed)
-        sums, step_tokens = MetricSums(), 0
-        for m in range(config.grad_accum):
-            micro = [train_pairs[i] for i in indices[m * micro_size:(m + 1) * micro_size]]
-            batch = collate_pairs(micro, pad_id).to(accelerator.device)
-            ref = reference_logps(reference, batch)
-            loss, metrics = objective(policy, ref, batch, config)
-            accelerator.backward(loss / config.grad_accum)
-            sums.add(metrics)
-            step_tokens += int(batch.attention_mask.sum())
+        micro_batches = [collate_pairs([train_pairs[i] for i in indices[m * micro_size:(m + 1) * micro_size]], pad_id)
+                         for m in range(config.grad_accum)]
+        sums, step_tokens, finite = accumulate_gradients(policy, reference, micro_batches, config, accelerator)
         grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm or float("inf"))
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"non-finite gradient norm at step {step + 1}")
-        optimizer.step()
+        done = step + 1
+        if finite and torch.isfinite(grad_norm):
+            optimizer.step()
+        elif config.skip_nonfinite:
+            skipped_steps += 1  # no update; the schedule and the data order move on as if it had happened
+        else:
+            raise NonFiniteError(nonfinite_message(done, [train_pairs[i].origin for i in indices], run_dir))
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        done = step + 1
         tokens_seen += step_tokens
         record = {"step": done, "epoch": done * config.batch_size / len(train_pairs), **sums.means(),
+                  "skipped_nonfinite": skipped_steps,
                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                   "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
         if eval_batches and (done == steps or config.eval_every and done % config.eval_every == 0):
@@ -138,8 +162,9 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
             log.write(record)
         if config.save_every and done % config.save_every == 0 and done != steps:
             save_checkpoint(run_dir, done, accelerator.unwrap_model(policy), tokenizer, optimizer, scheduler)
+            prune_checkpoints(run_dir, config.keep_checkpoints)
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}",
-                        tok_s=f"{tokens_seen / (time.time() - started):.0f}")
+                        tok_s=f"{(tokens_seen - tokens_at_start) / (time.time() - started):.0f}")
         bar.update(1)
     bar.close()
 
@@ -147,5 +172,5 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
         first_eval = log.first_record() or first_eval
     elapsed = time.time() - started
     return {"steps": steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
-            "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "eval_start": first_eval, "eval_end": last_eval,
-            "policy": accelerator.unwrap_model(policy)}
+            "tokens_per_s": (tokens_seen - tokens_at_start) / max(elapsed, 1e-9), "skipped_nonfinite": skipped_steps,
+            "eval_start": first_eval, "eval_end": last_eval, "policy": accelerator.unwrap_model(policy)}

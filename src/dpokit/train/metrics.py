@@ -62,6 +62,11 @@ class MetricsLog:
                 return record if record.get("step") == 0 else None
         return None
 
+    def last_record(self) -> dict | None:
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if self.path.exists() else []
+        return json.loads(lines[-1]) if lines else None
+
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -1,0 +1,95 @@
+"""Non-finite steps, checkpoint pruning, pickle refusal and the up-front memory check."""
+import json
+
+import pytest
+import torch
+
+from dpokit.cli import main
+from dpokit.config import DPOConfig
+from dpokit.errors import NonFiniteError, UserError
+from dpokit.memory import MemoryEstimate, check_fits, estimate
+from dpokit.models import resolve_model_path
+from dpokit.train import loop as loop_module
+
+
+@pytest.fixture()
+def pairs_file(tmp_path):
+    rows = [{"prompt": f"Question {i}?", "chosen": f" Good answer {i}.", "rejected": f" Bad {i}!"} for i in range(12)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def poison_step(monkeypatch, bad_step: int):
+    """Make the loss NaN on one step (1-based) by wrapping the real objective."""
+    real = loop_module.objective
+    calls = {"n": 0}
+
+    def objective(policy, ref, batch, config):
+        loss, metrics = real(policy, ref, batch, config)
+        if policy.training:
+            calls["n"] += 1
+            if calls["n"] == bad_step:
+                loss = loss * float("nan")
+        return loss, metrics
+
+    monkeypatch.setattr(loop_module, "objective", objective)
+
+
+def base_args(model_dir, data, out):
+    return ["dpo", "--model", str(model_dir), "--data", str(data), "--output", str(out), "--batch-size", "4",
+            "--max-steps", "5", "--learning-rate", "1e-3", "--eval-fraction", "0", "--max-length", "64",
+            "--max-prompt-length", "32"]
+
+
+def test_nonfinite_stops_with_step_and_pairs_keeping_checkpoint(tiny_model_dir, pairs_file, tmp_path, monkeypatch, capsys):
+    poison_step(monkeypatch, bad_step=4)
+    out = tmp_path / "run"
+    code = main(base_args(tiny_model_dir, pairs_file, out) + ["--save-every", "2"])
+    err = capsys.readouterr().err
+    assert code == NonFiniteError.exit_code
+    assert "step 4" in err and "pairs.jsonl:" in err and "checkpoint-2" in err
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()
+
+
+def test_skip_nonfinite_counts_and_finishes(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    poison_step(monkeypatch, bad_step=2)
+    out = tmp_path / "run"
+    assert main(base_args(tiny_model_dir, pairs_file, out) + ["--skip-nonfinite"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_nonfinite"] == 1
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 5 and last["skipped_nonfinite"] == 1
+
+
+def test_keep_checkpoints_prunes_old_ones(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(base_args(tiny_model_dir, pairs_file, out) + ["--max-steps", "6", "--save-every", "1",
+                                                              "--keep-checkpoints", "2"]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    assert not list(out.glob(".checkpoint-*"))  # no temporary folder left behind
+
+
+def test_pickle_weights_refused_unless_allowed(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(UserError, match="--allow-pickle"):
+        resolve_model_path(str(folder))
+    assert resolve_model_path(str(folder), allow_pickle=True) == folder
+
+
+def test_memory_check_stops_with_settings_that_fit(tiny_model_dir, monkeypatch):
+    est = estimate(tiny_model_dir, dtype="float32", micro_batch_pairs=4, max_length=128, separate_reference=True)
+    assert est.weights == est.gradients == est.optimizer // 2 == est.reference > 0
+    monkeypatch.setattr("dpokit.memory.available_bytes", lambda device: est.total - est.activations / 2)
+    with pytest.raises(UserError, match="grad-accum"):
+        check_fits(est, device="cpu", micro_batch_pairs=4, max_length=128)
+    monkeypatch.setattr("dpokit.memory.available_bytes", lambda device: est.total + 1)
+    check_fits(est, device="cpu", micro_batch_pairs=4, max_length=128)  # fits: no error
+
+
+def test_memory_estimate_scales_with_batch_and_length():
+    e = MemoryEstimate(weights=1, gradients=1, optimizer=2, reference=1, activations=10, runtime=0)
+    assert e.total == 15
