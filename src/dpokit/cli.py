@@ -14,9 +14,10 @@ def cmd_dpo(args) -> int:
     from .config import DPOConfig, config_from_args
     from .train.dpo import run_dpo
 
-    if args.no_flags:  # the embedded default run: a shipped config file, named so nothing is hidden
+    if args.config is None and args.model is None and args.data is None:
+        # The embedded default run: a shipped config file, named so nothing is hidden; other flags still apply.
         args.config = str(Path(__file__).resolve().parent / "assets" / "default_run.yaml")
-        print(f"dpokit: no arguments, running the embedded default ({args.config})", flush=True)
+        print(f"dpokit: no --config, --model or --data: running the embedded default ({args.config})", flush=True)
     run_dpo(config_from_args(DPOConfig, args))
     return 0
 
@@ -56,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # our own bar shows what matters
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    args.no_flags = len(argv) == 1
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

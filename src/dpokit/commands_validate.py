@@ -9,11 +9,13 @@ from .data.validate import format_report, load_pairs
 
 
 def token_lengths(tokenizer, pairs, max_length: int, max_prompt_length: int | None) -> tuple[dict, Counter]:
-    report = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length,
-                            skip_invalid=True)
-    stats = {"prompt": [len(p.prompt_ids) for p in report.pairs], "chosen": [len(p.chosen_ids) for p in report.pairs],
-             "rejected": [len(p.rejected_ids) for p in report.pairs]}
-    return stats, report.counts
+    """Untruncated token lengths, and what the given truncation settings would do to these pairs."""
+    raw = tokenize_pairs(tokenizer, pairs, max_length=10**9, max_prompt_length=None, skip_invalid=True)
+    stats = {"prompt": [len(p.prompt_ids) for p in raw.pairs], "chosen": [len(p.chosen_ids) for p in raw.pairs],
+             "rejected": [len(p.rejected_ids) for p in raw.pairs]}
+    cut = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length,
+                         skip_invalid=True)
+    return stats, cut.counts
 
 
 def validate_command(args) -> int:
