@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
+import tempfile
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["DPOKIT_CACHE"] = tempfile.mkdtemp(prefix="dpokit-test-cache-")  # tests never touch ~/.cache
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

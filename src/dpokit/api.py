@@ -14,6 +14,7 @@ from .data.adapters import detect_shape, to_pair
 from .data.prepare import resolve_data_path, split_pairs, tokenize_splits
 from .data.validate import load_pairs
 from .models import frozen_copy
+from .reference import LiveReference
 from .train.checkpoint import save_pretrained_atomic
 from .train.dpo import check_margins, prepare_run_dir
 from .train.loop import train_dpo
@@ -54,7 +55,8 @@ def train(model, reference, config: DPOConfig, dataset, tokenizer, eval_dataset=
         tokenizer.pad_token = tokenizer.eos_token
     reference = frozen_copy(model) if reference is None else reference.eval().requires_grad_(False)
     model.train()
-    result = train_dpo(model, reference, tokenizer, data.train, data.eval, config, run_dir)
+    result = train_dpo(model, LiveReference(reference, lean=not config.full_logits), tokenizer, data.train, data.eval,
+                       config, run_dir)
     if save:
         save_pretrained_atomic(result["policy"], tokenizer, run_dir / "final")
     return {**data.summary, **result, "model": result.pop("policy")}

@@ -52,6 +52,12 @@ class DPOConfig:
     seed: int = opt(0, "seed for data order, split and initialisation")
     eval_every: int = opt(0, "evaluate every N steps (0 = only at start and end)")
     save_every: int = opt(0, "checkpoint every N steps (0 = only the final model)")
+    layout: str = opt("shared", "batch layout: shared = one [prompt|chosen|rejected] row per pair (prompt computed once); "
+                                "padded = prompt+chosen and prompt+rejected rows", choices=("shared", "padded"))
+    reference_cache: str = opt("on", "on: reference log-probs computed once, stored under the cache folder and reused by "
+                                     "later runs and epochs (no reference model in memory while training); off: run "
+                                     "the reference model live every step", choices=("on", "off"))
+    full_logits: bool = opt(False, "compute logits at every position (the obvious path) instead of only at answer tokens")
     dtype: Optional[str] = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPUs that support it)",
                                choices=tuple(DTYPES))
     skip_invalid: bool = opt(False, "drop invalid rows (counted in the summary) instead of stopping")
@@ -117,10 +123,17 @@ def read_yaml(path: str) -> dict[str, Any]:
         raise UserError(f"config file {path!r} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. an integer too long to convert
         raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config file must be a mapping of keys to values")
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise UserError(f"{path}: key {bad_keys[0]!r} is not a name; keys are setting names such as beta")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 

@@ -44,30 +44,33 @@ class TokenizedPair:
 
 @dataclass
 class PreferenceBatch:
-    """A padded batch of 2B sequences: rows [0, B) are chosen, rows [B, 2B) are rejected.
+    """A batch of B pairs in one of two layouts, with the completion tokens named by flat indices.
 
-    ``loss_mask`` marks the completion tokens whose log-probs are summed (shifted: mask[t] refers to
-    the prediction of input_ids[t] from positions < t).
+    - padded: 2B rows, rows [0, B) prompt+chosen and [B, 2B) prompt+rejected; ``attention_mask`` is (2B, T).
+    - shared: B rows [prompt | chosen | rejected]; ``attention_mask`` is a (B, 1, T, T) boolean mask in which
+      rejected tokens see the prompt and themselves but not chosen; ``position_ids`` restart rejected at the
+      end of the prompt.
+    The token at flat index ``targets[k]`` of ``input_ids`` is predicted from flat position ``sources[k]`` and
+    belongs to sequence ``owners[k]`` (pair i's chosen is i, its rejected is B + i).
     """
 
-    input_ids: torch.Tensor  # (2B, T)
-    attention_mask: torch.Tensor  # (2B, T)
-    loss_mask: torch.Tensor  # (2B, T) bool
+    input_ids: torch.Tensor  # (rows, T)
+    attention_mask: torch.Tensor  # (rows, T) or (rows, 1, T, T) bool
+    sources: torch.Tensor  # (K,) long
+    targets: torch.Tensor  # (K,) long
+    owners: torch.Tensor  # (K,) long in [0, 2B)
+    num_pairs: int
+    num_tokens: int  # non-padding tokens of chosen and rejected sequences, prompt counted for both
     margins: torch.Tensor | None  # (B,) or None
     origins: list[str]
-
-    @property
-    def num_pairs(self) -> int:
-        return self.input_ids.shape[0] // 2
+    position_ids: torch.Tensor | None = None  # (rows, T), shared layout only
+    loss_mask: torch.Tensor | None = None  # (2B, T) bool, padded layout only
 
     def to(self, device) -> "PreferenceBatch":
-        return PreferenceBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.loss_mask.to(device),
-            None if self.margins is None else self.margins.to(device),
-            self.origins,
-        )
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PreferenceBatch(move(self.input_ids), move(self.attention_mask), move(self.sources),
+                               move(self.targets), move(self.owners), self.num_pairs, self.num_tokens,
+                               move(self.margins), self.origins, move(self.position_ids), move(self.loss_mask))
 
 
 @dataclass

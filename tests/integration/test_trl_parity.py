@@ -30,7 +30,8 @@ from trl import DPOTrainer  # noqa: E402
 from dpokit.config import DPOConfig  # noqa: E402
 from dpokit.data.collate import collate_pairs  # noqa: E402
 from dpokit.data.tokenize import tokenize_pair  # noqa: E402
-from dpokit.train.loop import objective, reference_logps  # noqa: E402
+from dpokit.reference import LiveReference  # noqa: E402
+from dpokit.train.loop import objective  # noqa: E402
 from dpokit.types import PreferencePair, TokenizedPair  # noqa: E402
 from tiny import make_model  # noqa: E402
 
@@ -146,7 +147,7 @@ def test_loss_and_gradients_match_trl(models, loss_type, beta, tmp_path):
     trl_logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
     # --- dpokit: reference log-probs under no_grad, then the training objective ---
-    ref = reference_logps(models.reference, batch)
+    ref = LiveReference(models.reference).logps(batch, "train", list(range(batch.num_pairs)))
     config = DPOConfig(loss=loss_type, beta=beta)
     ours.zero_grad(set_to_none=True)
     our_loss, metrics = objective(ours, ref, batch, config)

@@ -53,9 +53,15 @@ def detect_shape(value: dict, origin: str) -> str:
     if "chosen" in value or "rejected" in value:
         completion = value.get("chosen", value.get("rejected"))
         return "conversational" if _message_list(completion) is not None else "hh_rlhf"
-    keys = ", ".join(sorted(map(str, value))) or "none"
     accepted = "; ".join(f"{shape} ({needs})" for shape, needs in _NEEDS.items())
-    raise RowError(origin, None, f"row fits no known shape (its keys: {keys}); accepted shapes: {accepted}")
+    raise RowError(origin, None, f"row fits no known shape (its keys: {_key_list(value)}); accepted shapes: {accepted}")
+
+
+def _key_list(value: dict, most: int = 10) -> str:
+    """The row's keys for an error line: plain when printable, else escaped; long lists cut."""
+    keys = [k if k.isprintable() and len(k) <= 40 else _clip(repr(k)) for k in sorted(map(str, value))]
+    more = f", … ({len(keys) - most} more)" if len(keys) > most else ""
+    return ", ".join(keys[:most]) + more if keys else "none"
 
 
 def to_pair(value: dict, shape: str, origin: str) -> PreferencePair:
@@ -128,8 +134,8 @@ def _sharegpt(value: dict, origin: str) -> tuple:
         detail = f"field 'conversations' must be a non-empty list of turns, got {_describe(turns)}"
         raise RowError(origin, "conversations", detail)
     prompt = tuple(_sharegpt_turn(turn, f"conversations[{i}]", origin) for i, turn in enumerate(turns))
-    system = value.get("system")
-    if isinstance(system, str) and system:  # LLaMA-Factory's optional system column
+    system = _optional_string(value, "system", origin)
+    if system:  # LLaMA-Factory's optional system column
         prompt = ({"role": "system", "content": system},) + prompt
     return prompt, _sharegpt_answer(value, "chosen", origin), _sharegpt_answer(value, "rejected", origin)
 
@@ -141,10 +147,7 @@ def _sharegpt_turn(turn: Any, field: str, origin: str) -> dict:
     if not isinstance(who, str) or who not in SHAREGPT_ROLES:
         allowed = ", ".join(SHAREGPT_ROLES)
         raise RowError(origin, f"{field}.from", f"field '{field}.from' must be one of {allowed}, got {_describe(who)}")
-    text = turn.get("value")
-    if not isinstance(text, str):
-        raise RowError(origin, f"{field}.value", f"field '{field}.value' must be a string, got {_type(text)}")
-    return {"role": SHAREGPT_ROLES[who], "content": text}
+    return {"role": SHAREGPT_ROLES[who], "content": _text(turn.get("value"), f"{field}.value", origin)}
 
 
 def _sharegpt_answer(value: dict, key: str, origin: str) -> str:
@@ -192,10 +195,24 @@ def _prompt_key(value: dict) -> str:
 
 
 def _string(value: dict, key: str, origin: str) -> str:
-    text = value[key]
-    if not isinstance(text, str):
-        raise RowError(origin, key, f"field '{key}' must be a string, got {_type(text)}")
-    return text
+    return _text(value[key], key, origin)
+
+
+def _optional_string(value: dict, key: str, origin: str) -> str | None:
+    return None if value.get(key) is None else _text(value[key], key, origin)
+
+
+def _text(raw: Any, field: str, origin: str) -> str:
+    """``raw`` if it is a string the tokenizer can take; a lone surrogate ("\\ud800" in JSON) it cannot."""
+    if not isinstance(raw, str):
+        raise RowError(origin, field, f"field '{field}' must be a string, got {_type(raw)}")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as e:
+        detail = (f"field '{field}' holds an unpaired surrogate {raw[e.start]!r} at character {e.start}, "
+                  "which is not text; fix the \\u escape (an emoji needs both halves of its pair)")
+        raise RowError(origin, field, detail) from None
+    return raw
 
 
 def _message_list(raw: Any) -> list | None:
@@ -205,7 +222,7 @@ def _message_list(raw: Any) -> list | None:
     if isinstance(raw, str) and raw.lstrip().startswith("["):
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return None
         if isinstance(parsed, list) and parsed and all(isinstance(m, dict) for m in parsed):
             return parsed
@@ -226,9 +243,8 @@ def _message(raw: Any, field: str, origin: str) -> dict:
     if role not in ROLES:
         detail = f"field '{field}.role' must be one of {', '.join(ROLES)}, got {_describe(role)}"
         raise RowError(origin, f"{field}.role", detail)
-    if not isinstance(content, str):
-        raise RowError(origin, f"{field}.content", f"field '{field}.content' must be a string, got {_type(content)}")
-    return {"role": role, "content": content}  # extra keys (name, weight, ...) are dropped
+    # Extra keys (name, weight, ...) are dropped.
+    return {"role": role, "content": _text(content, f"{field}.content", origin)}
 
 
 def _single_assistant(messages: tuple[dict, ...], key: str, origin: str, offset: int = 0) -> str:
@@ -249,12 +265,22 @@ def _margin(value: dict, origin: str) -> float | None:
         has_chosen, has_rejected = _present(source.get("score_chosen")), _present(source.get("score_rejected"))
         if has_chosen and has_rejected:
             chosen = _number(source["score_chosen"], f"{where}score_chosen", origin)
-            return chosen - _number(source["score_rejected"], f"{where}score_rejected", origin)
+            return _difference(chosen, _number(source["score_rejected"], f"{where}score_rejected", origin),
+                               where, origin)
         if has_chosen or has_rejected:
             missing = f"{where}score_rejected" if has_chosen else f"{where}score_chosen"
             detail = f"missing field '{missing}' (a margin needs both score_chosen and score_rejected)"
             raise RowError(origin, missing, detail)
     return None
+
+
+def _difference(chosen: float, rejected: float, where: str, origin: str) -> float:
+    margin = chosen - rejected
+    if not math.isfinite(margin):  # 1e308 - (-1e308) overflows to inf
+        detail = (f"margin '{where}score_chosen' - '{where}score_rejected' = {chosen!r} - {rejected!r} "
+                  "is too large for a float; rescale the scores")
+        raise RowError(origin, f"{where}score_chosen", detail)
+    return margin
 
 
 def _present(raw: Any) -> bool:
@@ -263,12 +289,11 @@ def _present(raw: Any) -> bool:
 
 def _number(raw: Any, field: str, origin: str) -> float:
     number = None
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):  # True is an int, not a score
-        number = float(raw)
-    elif isinstance(raw, str):  # every CSV value is a string
+    # True is an int, not a score; every CSV value is a string.
+    if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
         try:
             number = float(raw)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an int beyond the float range
             pass
     if number is None or not math.isfinite(number):
         raise RowError(origin, field, f"field '{field}' must be a finite number, got {_describe(raw)}")
@@ -282,6 +307,9 @@ def _type(raw: Any) -> str:
 def _describe(raw: Any) -> str:
     """The type, plus a short look at the value where that helps (a string or a bool)."""
     if isinstance(raw, (str, bool)):
-        text = repr(raw)
-        return f"{_type(raw)} {text[:40] + '…' if len(text) > 40 else text}"
+        return f"{_type(raw)} {_clip(repr(raw))}"
     return _type(raw)
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text[:limit] + "…" if len(text) > limit else text

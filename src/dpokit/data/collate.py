@@ -1,9 +1,19 @@
-"""Tokenized pairs → one padded PreferenceBatch (chosen rows first, then rejected rows)."""
+"""Tokenized pairs → one PreferenceBatch, padded (2B rows) or prompt-shared (B rows)."""
 from __future__ import annotations
 
 import torch
 
 from ..types import PreferenceBatch, TokenizedPair
+
+
+def _margins(pairs: list[TokenizedPair]) -> torch.Tensor | None:
+    if all(p.margin is not None for p in pairs):
+        return torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+    return None
+
+
+def _num_tokens(pairs: list[TokenizedPair]) -> int:
+    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
 
 
 def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
@@ -16,7 +26,8 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
         input_ids  = [[5, 6, 7, 0], [5, 7, 7, 0], [5, 6, 8, 9], [5, 9, 0, 0]]
         loss_mask  = [[0, 0, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 1, 0, 0]]
         attention  = [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
-    (rows 0–1 are chosen, rows 2–3 rejected; the loss mask marks completion tokens).
+    (rows 0–1 are chosen, rows 2–3 rejected; the loss mask marks completion tokens, each predicted from the
+    position before it).
     """
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
     width = max(len(prompt) + len(completion) for prompt, completion in rows)
@@ -28,7 +39,55 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
         input_ids[i, :n] = torch.tensor(prompt + completion, dtype=torch.long)
         attention_mask[i, :n] = 1
         loss_mask[i, n_prompt:n] = True
-    margins = None
-    if all(p.margin is not None for p in pairs):
-        margins = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
-    return PreferenceBatch(input_ids, attention_mask, loss_mask, margins, [p.origin for p in pairs])
+    loss_mask[:, 0] = False  # position 0 has nothing before it to predict it from
+    targets = loss_mask.reshape(-1).nonzero().squeeze(-1)
+    return PreferenceBatch(input_ids, attention_mask, sources=targets - 1, targets=targets, owners=targets // width,
+                           num_pairs=len(pairs), num_tokens=_num_tokens(pairs), margins=_margins(pairs),
+                           origins=[p.origin for p in pairs], loss_mask=loss_mask)
+
+
+PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
+
+
+def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+    """One row per pair, [prompt | chosen | rejected], so the prompt runs through the model once.
+
+    Worked example, one pair: prompt (5, 6), chosen (7,), rejected (8, 9):
+        input_ids    = [[5, 6, 7, 8, 9]]
+        position_ids = [[0, 1, 2, 2, 3]]          rejected restarts where chosen started
+        attention (row q sees columns k marked 1):
+            5: 1 0 0 0 0
+            6: 1 1 0 0 0
+            7: 1 1 1 0 0
+            8: 1 1 0 1 0                          rejected sees the prompt and itself, not chosen
+            9: 1 1 0 1 1
+        targets = [2, 3, 4], sources = [1, 1, 3]  token 8 is predicted from the prompt's last position
+    """
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    b = len(pairs)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, width), dtype=torch.long)
+    segment = torch.full((b, width), PAD, dtype=torch.long)
+    sources, targets, owners = [], [], []
+    for i, p in enumerate(pairs):
+        n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+        n = n_p + n_c + n_r
+        input_ids[i, :n] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids, dtype=torch.long)
+        position_ids[i, :n] = torch.cat([torch.arange(n_p + n_c), torch.arange(n_p, n_p + n_r)])
+        segment[i, :n] = torch.tensor([PROMPT] * n_p + [CHOSEN] * n_c + [REJECTED] * n_r)
+        row = i * width
+        chosen_pos = list(range(n_p, n_p + n_c))
+        rejected_pos = list(range(n_p + n_c, n))
+        targets += [row + t for t in chosen_pos + rejected_pos]
+        sources += [row + t - 1 for t in chosen_pos] + [row + n_p - 1] + [row + t - 1 for t in rejected_pos[1:]]
+        owners += [i] * n_c + [b + i] * n_r
+    q, k = segment[:, :, None], segment[:, None, :]  # (B, T, 1), (B, 1, T)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = causal & ((k == PROMPT) | (k == q)) & (q != PAD)
+    visible |= torch.eye(width, dtype=torch.bool) & (q == PAD)  # padding sees itself: no all-masked rows
+    return PreferenceBatch(input_ids, visible[:, None], sources=torch.tensor(sources), targets=torch.tensor(targets),
+                           owners=torch.tensor(owners), num_pairs=b, num_tokens=_num_tokens(pairs),
+                           margins=_margins(pairs), origins=[p.origin for p in pairs], position_ids=position_ids)
+
+
+COLLATORS = {"padded": collate_pairs, "shared": collate_shared}

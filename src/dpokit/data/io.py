@@ -11,9 +11,11 @@ import csv
 import gzip
 import io
 import json
+import stat
 import sys
 import zlib
 from dataclasses import dataclass
+from json.decoder import WHITESPACE as _WHITESPACE
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,10 @@ class Record:
 def read_records(path: str | Path) -> list[Record]:
     """All rows of a .jsonl/.json/.csv/.parquet file (optionally .gz) or a save_to_disk folder."""
     path = Path(path)
-    if path.is_dir():
+    mode = _mode(path)
+    if mode is not None and stat.S_ISDIR(mode):
         return _read_saved_dataset(path)
-    if not path.exists():
+    if mode is None:
         raise DataError(f"{path}: file not found")
     kind = _kind(path)
     data = _read_bytes(path)
@@ -48,6 +51,19 @@ def read_records(path: str | Path) -> list[Record]:
         raise DataError(f"{path}: file is empty")
     parse = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv}[kind]
     return _nonempty(path, parse(path.name, text))
+
+
+def _mode(path: Path) -> int | None:
+    """The file's st_mode, or None if nothing is there. Path.is_dir() would raise PermissionError
+    (a folder on the way we may not enter) or "name too long" as a traceback."""
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except ValueError:  # a NUL byte in the path
+        raise DataError(f"{path!r}: not a valid path (it contains a NUL byte)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read file ({_first_line(e.strerror or e)})") from None
 
 
 def _kind(path: Path) -> str:
@@ -66,13 +82,13 @@ def _read_bytes(path: Path) -> bytes:
     except PermissionError:
         raise DataError(f"{path}: cannot read file (permission denied)") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
+        raise DataError(f"{path}: cannot read file ({_first_line(e.strerror or e)})") from None
     if not path.name.lower().endswith(".gz"):
         return data
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: not a valid gzip file ({e})") from None
+        raise DataError(f"{path}: not a valid gzip file ({_first_line(e)})") from None
 
 
 def _decode(name: str, data: bytes) -> str:
@@ -96,15 +112,48 @@ def _lines(text: str) -> list[tuple[int, str]]:
     return [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)]
 
 
+class _BadJSON(Exception):
+    """JSON that does not load; ``line`` (1-based, within the text parsed) is None when unknown."""
+
+    def __init__(self, detail: str, line: int | None = None):
+        super().__init__(detail)
+        self.detail, self.line = detail, line
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    value = dict(pairs)
+    if len(value) < len(pairs):  # json.loads would silently keep the last value of a repeated key
+        seen = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _BadJSON(f"field {_short(key)} appears twice in one object; keep one")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_repeated_keys)
+
+
+def _loads(text: str, pos: int | None = None) -> Any:
+    """The JSON value that is all of ``text``; with ``pos``, (value, end) of the one starting there.
+    Every failure is a ``_BadJSON``."""
+    try:
+        return _DECODER.decode(text) if pos is None else _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError as e:
+        raise _BadJSON(f"invalid JSON ({e.msg} at column {e.colno})", e.lineno) from None
+    except ValueError:  # int() refuses the digits
+        raise _BadJSON(f"invalid JSON (a number longer than {sys.get_int_max_str_digits()} digits)") from None
+    except RecursionError:
+        raise _BadJSON("invalid JSON (nested too deeply: Python's JSON parser stops near 1000 levels)") from None
+
+
 def _parse_jsonl(name: str, text: str) -> list[Record]:
     records = []
     for n, line in _lines(text):
         if not line.strip():
             continue  # blank lines (often a trailing one) carry no row
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{name}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            value = _loads(line)
+        except _BadJSON as e:
+            raise DataError(f"{name}:{n}: {e.detail}") from None
         if not isinstance(value, dict):
             raise DataError(f"{name}:{n}: expected a JSON object, got {_json_type(value)}")
         records.append(Record(f"{name}:{n}", value))
@@ -113,12 +162,12 @@ def _parse_jsonl(name: str, text: str) -> list[Record]:
 
 def _parse_json(name: str, text: str) -> list[Record]:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
+        value = _loads(text)
+    except _BadJSON as e:
         if text.lstrip().startswith("["):  # meant as one array: report where the array broke
-            raise DataError(f"{name}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            raise _array_error(name, text, e) from None
         return _parse_jsonl(name, text)  # many files named .json are really JSONL
-    if isinstance(value, dict) and len(text.strip().splitlines()) == 1:
+    if isinstance(value, dict) and "\n" not in text.strip():
         return _parse_jsonl(name, text)  # a one-line JSONL file
     if not isinstance(value, list):
         raise DataError(
@@ -128,6 +177,25 @@ def _parse_json(name: str, text: str) -> list[Record]:
         if not isinstance(row, dict):
             raise DataError(f"{name}[{i}]: expected a JSON object, got {_json_type(row)}")
     return [Record(f"{name}[{i}]", row) for i, row in enumerate(value)]
+
+
+def _array_error(name: str, text: str, error: _BadJSON) -> DataError:
+    """``error`` with its line. Errors that carry no position (a repeated key, nesting too deep) are
+    found again by decoding the array's rows one at a time: every row before the bad one decodes."""
+    if error.line is not None:
+        return DataError(f"{name}:{error.line}: {error.detail}")
+    pos = text.index("[") + 1
+    for i in range(len(text)):
+        start = _WHITESPACE.match(text, pos).end()
+        if text.startswith("]", start):
+            break
+        try:
+            _, end = _loads(text, start)
+        except _BadJSON as e:
+            line = text.count("\n", 0, start) + 1
+            return DataError(f"{name}[{i}] (line {line}): {e.detail}")
+        pos = _WHITESPACE.match(text, end).end() + 1  # past the "," that must follow
+    return DataError(f"{name}:1: {error.detail}")  # the array itself is too deep to reach a row
 
 
 def _parse_csv(name: str, text: str) -> list[Record]:
@@ -175,7 +243,7 @@ def _parse_parquet(name: str, data: bytes) -> list[Record]:
     try:
         rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{name}: not a valid Parquet file ({e})") from None
+        raise DataError(f"{name}: not a valid Parquet file ({_first_line(e)})") from None
     return [Record(f"{name} row {i}", row) for i, row in enumerate(rows)]
 
 
@@ -189,8 +257,9 @@ def _read_saved_dataset(path: Path) -> list[Record]:
 
     try:
         loaded = datasets.load_from_disk(str(path))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot load the saved dataset ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged folder fails inside datasets as KeyError, TypeError, ...
+        detail = f"{type(e).__name__}: {_first_line(e)}"
+        raise DataError(f"{path}: cannot load the saved dataset ({detail}); save it again with save_to_disk") from None
     label = path.name
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
@@ -199,6 +268,17 @@ def _read_saved_dataset(path: Path) -> list[Record]:
             raise DataError(f"{path}: {detail}")
         loaded, label = loaded["train"], f"{path.name}/train"
     return _nonempty(path, [Record(f"{label} row {i}", row) for i, row in enumerate(loaded)])
+
+
+def _first_line(error: object, limit: int = 300) -> str:
+    """An exception's text as one short line, so the CLI's error stays one line."""
+    text = " ".join(str(error).split("\n")[:1]).strip() or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _short(key: str, limit: int = 40) -> str:
+    text = repr(key)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _json_type(value: Any) -> str:

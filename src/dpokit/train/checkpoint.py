@@ -27,7 +27,8 @@ def save_pretrained_atomic(model, tokenizer, target: Path) -> None:
         tmp.rename(target)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, totals: dict) -> Path:
+    """`totals` (running counts such as tokens seen) travel with the checkpoint, not with metrics.jsonl."""
     target = run_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = run_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -38,7 +39,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
     rng = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
            "torch": torch.get_rng_state()}
     torch.save(rng, tmp / "rng_state.pt")
-    (tmp / "step.json").write_text(json.dumps({"step": step}), encoding="utf-8")
+    (tmp / "step.json").write_text(json.dumps({"step": step, **totals}), encoding="utf-8")  # written last
     shutil.rmtree(target, ignore_errors=True)  # only a re-save of the same step (after a resume) finds one
     tmp.rename(target)
     return target
@@ -60,8 +61,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Restore weights, optimizer, scheduler and RNG; return the step the checkpoint was taken at."""
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG; return step.json: the step and the running totals."""
     from safetensors.torch import load_file
 
     weights = {}
@@ -79,4 +80,4 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     kind, keys, pos, has_gauss, gauss = rng["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(rng["torch"])
-    return json.loads((path / "step.json").read_text())["step"]
+    return json.loads((path / "step.json").read_text())

@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 
 from .. import memory
+from .. import reference as ref_cache
+from ..data.collate import COLLATORS
+from ..reference import LiveReference
 from ..config import DPOConfig, dump_config
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
@@ -57,10 +60,41 @@ def estimate_memory(config: DPOConfig, model_path, dtype: str):
     micro = config.batch_size // config.grad_accum
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else None
     est = memory.estimate(model_path, dtype=dtype, micro_batch_pairs=micro, max_length=config.max_length,
-                          separate_reference=True, reference_path=ref_path)
+                          separate_reference=config.reference_cache == "off", reference_path=ref_path)
     memory.check_fits(est, device="cuda" if torch.cuda.is_available() else "cpu", micro_batch_pairs=micro,
                       max_length=config.max_length)
     return est
+
+
+def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tokenizer):
+    """Live reference model, or cached log-probs (computed now if missing; no reference kept in memory after)."""
+    ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
+    lean = not config.full_logits
+
+    def reference_model():
+        if not config.ref:
+            return None  # the policy before its first step is the reference
+        return load_model(ref_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=False,
+                          allow_pickle=config.allow_pickle)
+
+    if config.reference_cache == "off":
+        return LiveReference(reference_model() or frozen_copy(policy), lean=lean)
+    splits = {"train": data.train, "eval": data.eval}
+    key = ref_cache.cache_key(ref_cache.model_fingerprint(ref_path), dtype, ref_cache.data_fingerprint(splits))
+    path = ref_cache.cache_path_for(key)
+    if path.is_file():
+        return ref_cache.load_cache(path, key, splits)
+    model = reference_model()
+    source = model if model is not None else policy
+    was_training = source.training
+    source.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    source.to(device)
+    tables = ref_cache.compute_cache(source, splits, COLLATORS[config.layout], tokenizer.pad_token_id,
+                                     config.batch_size // config.grad_accum, lean, device)
+    source.train(was_training)
+    ref_cache.save_cache(path, key, tables, ref_path)
+    return ref_cache.CachedReference(tables, path)
 
 
 def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
@@ -77,17 +111,14 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     estimated = estimate_memory(config, model_path, dtype)
     policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
                         allow_pickle=config.allow_pickle)
-    if config.ref:
-        reference = load_model(resolve_model_path(config.ref, allow_pickle=config.allow_pickle), dtype=dtype,
-                               trust_remote_code=config.trust_remote_code, train=False, allow_pickle=config.allow_pickle)
-    else:
-        reference = frozen_copy(policy)
+    reference = setup_reference(config, model_path, policy, data, dtype, tokenizer)
     dump_config(config, run_dir / "config.yaml")
 
     result = train_dpo(policy, reference, tokenizer, data.train, data.eval, config, run_dir)
     save_pretrained_atomic(result.pop("policy"), tokenizer, run_dir / "final")
 
-    summary = {**data.summary, **result, "dtype": dtype, "wall_seconds": time.time() - started,
+    summary = {**data.summary, **result, "dtype": dtype,
+               "reference": str(reference.path) if getattr(reference, "path", None) else "live", "wall_seconds": time.time() - started,
                "estimated_memory_mb": estimated.total / 2**20,
                "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import collate_pairs
+from ..data.collate import COLLATORS
 from ..logprobs import batch_logps
 from ..losses import LOSSES, PairLogps, chosen_nll
 from ..types import PreferenceBatch, TokenizedPair
@@ -35,18 +35,13 @@ def pair_order(num_pairs: int, step: int, batch_size: int, seed: int) -> list[in
 
 def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
     """Loss of one micro-batch (mean over its pairs) and its per-pair metrics."""
-    policy = batch_logps(policy_model, batch)
+    policy = batch_logps(policy_model, batch, lean=not config.full_logits)
     out = LOSSES[config.loss].fn(policy, reference_logps, beta=config.beta, label_smoothing=config.label_smoothing,
                                  margins=batch.margins, odpo_alpha=config.odpo_alpha)
     losses = out.losses
     if config.sft_weight:
         losses = losses + config.sft_weight * chosen_nll(policy)
     return losses.mean(), pair_metrics(out, policy)
-
-
-@torch.no_grad()
-def reference_logps(reference_model, batch: PreferenceBatch) -> PairLogps:
-    return batch_logps(reference_model, batch)
 
 
 @torch.no_grad()
@@ -69,17 +64,17 @@ def nonfinite_message(step: int, origins: list[str], run_dir: Path) -> str:
             "those pairs, or pass --skip-nonfinite to skip such steps")
 
 
-def accumulate_gradients(policy, reference, micro_batches: list[PreferenceBatch], config, accelerator):
+def accumulate_gradients(policy, reference, micro_batches: list[tuple[PreferenceBatch, list[int]]], config, accelerator):
     """Forward and backward over one step's micro-batches; returns metrics, tokens and whether the loss was finite."""
     sums, tokens, finite = MetricSums(), 0, True
-    for batch in micro_batches:
+    for batch, indices in micro_batches:
         batch = batch.to(accelerator.device)
-        ref = reference_logps(reference, batch)
+        ref = reference.logps(batch, "train", indices)
         loss, metrics = objective(policy, ref, batch, config)
         finite = finite and bool(torch.isfinite(loss))
         accelerator.backward(loss / len(micro_batches))
         sums.add(metrics)
-        tokens += int(batch.attention_mask.sum())  # non-padding tokens, prompt included
+        tokens += batch.num_tokens
     return sums, tokens, finite
 
 
@@ -98,12 +93,13 @@ def make_scheduler(optimizer, config, steps: int):
 
 def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], eval_pairs: list[TokenizedPair],
               config, run_dir: Path, accelerator=None) -> dict:
-    """Train `policy` against the frozen `reference`; returns the first and last eval metrics and run totals."""
+    """Train `policy` against `reference` (a LiveReference or CachedReference); returns eval metrics and totals."""
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
+    collate = COLLATORS[config.layout]
     micro_size = config.batch_size // config.grad_accum
     steps = total_steps(config, len(train_pairs))
 
@@ -111,33 +107,33 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
                                   weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    reference.to(accelerator.device)
+    if hasattr(reference, "model"):
+        reference.model.to(accelerator.device)
 
-    start_step = 0
+    resumed = {"step": 0, "tokens": 0, "skipped_nonfinite": 0}
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
     if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, accelerator.unwrap_model(policy), optimizer, scheduler)
+        resumed.update(load_checkpoint(checkpoint, accelerator.unwrap_model(policy), optimizer, scheduler))
+    start_step = resumed["step"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None)
 
     # Reference log-probs of the held-out set never change: compute them once.
-    eval_batches = [collate_pairs(eval_pairs[i:i + micro_size], pad_id).to(accelerator.device)
-                    for i in range(0, len(eval_pairs), micro_size)]
-    eval_reference = [reference_logps(reference, b) for b in eval_batches]
+    eval_starts = range(0, len(eval_pairs), micro_size)
+    eval_batches = [collate(eval_pairs[i:i + micro_size], pad_id).to(accelerator.device) for i in eval_starts]
+    eval_reference = [reference.logps(b, "eval", list(range(i, i + b.num_pairs))) for i, b in zip(eval_starts, eval_batches)]
     first_eval = evaluate(policy, eval_reference, eval_batches, config) if eval_batches and start_step == 0 else {}
     if first_eval:
         log.write({"step": 0, **first_eval})
     last_eval = first_eval
 
-    previous = log.last_record() if start_step else None  # running totals continue across a resume
-    tokens_seen = previous.get("tokens", 0) if previous else 0
-    skipped_steps = previous.get("skipped_nonfinite", 0) if previous else 0
+    tokens_seen, skipped_steps = resumed["tokens"], resumed["skipped_nonfinite"]  # running totals continue
     started, tokens_at_start = time.time(), tokens_seen
     bar = tqdm(total=steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
     for step in range(start_step, steps):
         step_started = time.time()
         indices = pair_order(len(train_pairs), step, config.batch_size, config.seed)
-        micro_batches = [collate_pairs([train_pairs[i] for i in indices[m * micro_size:(m + 1) * micro_size]], pad_id)
-                         for m in range(config.grad_accum)]
+        micro_indices = [indices[m * micro_size:(m + 1) * micro_size] for m in range(config.grad_accum)]
+        micro_batches = [(collate([train_pairs[i] for i in idx], pad_id), idx) for idx in micro_indices]
         sums, step_tokens, finite = accumulate_gradients(policy, reference, micro_batches, config, accelerator)
         grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm or float("inf"))
         done = step + 1
@@ -161,7 +157,8 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
         if done % config.log_every == 0 or done == steps:
             log.write(record)
         if config.save_every and done % config.save_every == 0 and done != steps:
-            save_checkpoint(run_dir, done, accelerator.unwrap_model(policy), tokenizer, optimizer, scheduler)
+            save_checkpoint(run_dir, done, accelerator.unwrap_model(policy), tokenizer, optimizer, scheduler,
+                            totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps})
             prune_checkpoints(run_dir, config.keep_checkpoints)
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}",
                         tok_s=f"{(tokens_seen - tokens_at_start) / (time.time() - started):.0f}")

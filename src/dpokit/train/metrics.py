@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 from ..losses import PairLogps
 from ..types import LossOutput
 
@@ -49,9 +51,23 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            records = self._read_for_resume(path)
+            kept = [json.dumps(r) for r in records if r.get("step", 0) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    @staticmethod
+    def _read_for_resume(path: Path) -> list[dict]:
+        """Parsed lines; a torn last line (killed mid-write) is dropped, a broken line elsewhere is an error."""
+        lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        records = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break
+                raise UserError(f"{path}:{n}: not a JSON line; fix or delete that line, then --resume again") from None
+        return records
 
     def first_record(self) -> dict | None:
         if not self.path.exists():
@@ -61,11 +77,6 @@ class MetricsLog:
                 record = json.loads(line)
                 return record if record.get("step") == 0 else None
         return None
-
-    def last_record(self) -> dict | None:
-        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-            if self.path.exists() else []
-        return json.loads(lines[-1]) if lines else None
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

@@ -1,0 +1,129 @@
+"""Where reference log-probs come from: the frozen model, live, or a cache computed once on disk.
+
+The cache key is cheap and safe: sha256 digests of the reference's config and safetensors files (each file's
+digest remembered by path, size and mtime, so a 15 GB model is hashed once, not every run), the dtype, and the
+token ids of every pair. A cache whose recorded key does not match is refused, never silently used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .logprobs import batch_logps
+from .losses import PairLogps
+from .models import cache_dir
+from .types import TokenizedPair
+
+
+class LiveReference:
+    """Runs the frozen reference model on each batch."""
+
+    def __init__(self, model, lean: bool = True):
+        self.model, self.lean = model, lean
+
+    @torch.no_grad()
+    def logps(self, batch, split: str, indices: list[int]) -> PairLogps:
+        return batch_logps(self.model, batch, lean=self.lean)
+
+
+@dataclass
+class CachedReference:
+    """Reference log-probs of every pair, looked up by split and pair index; no model in memory."""
+
+    tables: dict[str, torch.Tensor]  # "train" / "eval" → (N, 2) float32: chosen, rejected
+    path: Path | None = None
+
+    def logps(self, batch, split: str, indices: list[int]) -> PairLogps:
+        rows = self.tables[split][torch.tensor(indices, dtype=torch.long)].to(batch.input_ids.device)
+        counts = torch.bincount(batch.owners, minlength=2 * batch.num_pairs)
+        return PairLogps(rows[:, 0], rows[:, 1], counts[:batch.num_pairs], counts[batch.num_pairs:])
+
+
+def _file_digest(path: Path, memo: dict) -> str:
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        memo[key] = h.hexdigest()
+    return memo[key]
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    memo_path = cache_dir() / "file-digests.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]:
+        h.update(f.name.encode() + _file_digest(f, memo).encode())
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    memo_path.write_text(json.dumps(memo))
+    return h.hexdigest()
+
+
+def data_fingerprint(splits: dict[str, list[TokenizedPair]]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        h.update(name.encode())
+        for p in splits[name]:
+            h.update(json.dumps([p.prompt_ids, p.chosen_ids, p.rejected_ids]).encode())
+    return h.hexdigest()
+
+
+def cache_key(model_fp: str, dtype: str, data_fp: str) -> str:
+    return hashlib.sha256(f"{model_fp}|{dtype}|{data_fp}".encode()).hexdigest()[:24]
+
+
+def load_cache(path: Path, key: str, splits: dict[str, list[TokenizedPair]]) -> CachedReference:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("key") != key:
+            raise UserError(f"reference cache {path} was made for other weights or data (key {meta.get('key')!r}, "
+                            f"expected {key!r}); delete it or pass --reference-cache off")
+        tables = {name: f.get_tensor(name) for name in splits}
+    for name, pairs in splits.items():
+        if tables[name].shape != (len(pairs), 2):
+            raise UserError(f"reference cache {path} holds {tuple(tables[name].shape)} for {name}, "
+                            f"expected ({len(pairs)}, 2); delete it")
+    return CachedReference(tables, path)
+
+
+@torch.no_grad()
+def compute_cache(model, splits: dict[str, list[TokenizedPair]], collate, pad_id: int, batch_pairs: int,
+                  lean: bool, device) -> dict[str, torch.Tensor]:
+    total = sum(len(p) for p in splits.values())
+    bar = tqdm(total=total, desc="reference log-probs (once)", unit="pair", dynamic_ncols=True)
+    tables = {}
+    for name, pairs in splits.items():
+        rows = []
+        for i in range(0, len(pairs), batch_pairs):
+            batch = collate(pairs[i:i + batch_pairs], pad_id).to(device)
+            lp = batch_logps(model, batch, lean=lean)
+            rows.append(torch.stack([lp.chosen, lp.rejected], dim=1).float().cpu())
+            bar.update(batch.num_pairs)
+        tables[name] = torch.cat(rows) if rows else torch.zeros(0, 2)
+    bar.close()
+    return tables
+
+
+def save_cache(path: Path, key: str, tables: dict[str, torch.Tensor], model_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tables.items()}, str(tmp),
+              metadata={"key": key, "reference": str(model_dir)})
+    tmp.replace(path)  # atomic: a killed precompute leaves no half cache
+
+
+def cache_path_for(key: str) -> Path:
+    return cache_dir() / "reference" / f"{key}.safetensors"
