@@ -41,6 +41,8 @@ class CachedReference:
 
     def logps(self, batch, split: str, indices: list[int]) -> PairLogps:
         rows = self.tables[split][torch.tensor(indices, dtype=torch.long)].to(batch.input_ids.device)
+        if torch.isnan(rows).any():
+            raise RuntimeError(f"reference cache {self.path}: {split} pairs {indices} were never computed")
         counts = torch.bincount(batch.owners, minlength=2 * batch.num_pairs)
         return PairLogps(rows[:, 0], rows[:, 1], counts[:batch.num_pairs], counts[batch.num_pairs:])
 
@@ -82,6 +84,7 @@ def cache_key(model_fp: str, dtype: str, data_fp: str) -> str:
 
 
 def load_cache(path: Path, key: str, splits: dict[str, list[TokenizedPair]]) -> CachedReference:
+    """The cached tables for these splits; rows not computed yet are NaN."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -97,22 +100,28 @@ def load_cache(path: Path, key: str, splits: dict[str, list[TokenizedPair]]) -> 
     return CachedReference(tables, path)
 
 
+def empty_tables(splits: dict[str, list[TokenizedPair]]) -> dict[str, torch.Tensor]:
+    return {name: torch.full((len(pairs), 2), float("nan")) for name, pairs in splits.items()}
+
+
+def missing_rows(tables: dict[str, torch.Tensor], needed: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {name: [i for i in idx if torch.isnan(tables[name][i]).any()] for name, idx in needed.items()}
+
+
 @torch.no_grad()
-def compute_cache(model, splits: dict[str, list[TokenizedPair]], collate, pad_id: int, batch_pairs: int,
-                  lean: bool, device) -> dict[str, torch.Tensor]:
-    total = sum(len(p) for p in splits.values())
-    bar = tqdm(total=total, desc="reference log-probs (once)", unit="pair", dynamic_ncols=True)
-    tables = {}
-    for name, pairs in splits.items():
-        rows = []
-        for i in range(0, len(pairs), batch_pairs):
-            batch = collate(pairs[i:i + batch_pairs], pad_id).to(device)
+def fill_rows(model, tables, splits, missing: dict[str, list[int]], collate, pad_id: int, batch_pairs: int,
+              lean: bool, device) -> None:
+    """Compute reference log-probs for the missing rows only (a run uses only the pairs its steps reach)."""
+    bar = tqdm(total=sum(len(v) for v in missing.values()), desc="reference log-probs (cached for reuse)",
+               unit="pair", dynamic_ncols=True)
+    for name, rows in missing.items():
+        for start in range(0, len(rows), batch_pairs):
+            chunk = rows[start:start + batch_pairs]
+            batch = collate([splits[name][i] for i in chunk], pad_id).to(device)
             lp = batch_logps(model, batch, lean=lean)
-            rows.append(torch.stack([lp.chosen, lp.rejected], dim=1).float().cpu())
-            bar.update(batch.num_pairs)
-        tables[name] = torch.cat(rows) if rows else torch.zeros(0, 2)
+            tables[name][torch.tensor(chunk)] = torch.stack([lp.chosen, lp.rejected], dim=1).float().cpu()
+            bar.update(len(chunk))
     bar.close()
-    return tables
 
 
 def save_cache(path: Path, key: str, tables: dict[str, torch.Tensor], model_dir: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 from dpokit.cli import main
 from dpokit.data.collate import collate_shared
 from dpokit.errors import UserError
-from dpokit.reference import CachedReference, LiveReference, compute_cache, load_cache, save_cache
+from dpokit.reference import LiveReference, empty_tables, fill_rows, load_cache, missing_rows, save_cache
 from dpokit.types import TokenizedPair
 from tiny import make_model
 
@@ -21,7 +21,12 @@ def pairs(n=6):
 def test_cached_equals_live_and_foreign_cache_is_refused(tmp_path):
     model = make_model(vocab_size=60).eval()
     splits = {"train": pairs(), "eval": pairs(2)}
-    tables = compute_cache(model, splits, collate_shared, 0, batch_pairs=4, lean=True, device="cpu")
+    tables = empty_tables(splits)
+    needed = {"train": [1, 4, 5], "eval": [0, 1]}
+    fill_rows(model, tables, splits, missing_rows(tables, needed), collate_shared, 0, batch_pairs=2, lean=True,
+              device="cpu")
+    assert missing_rows(tables, needed) == {"train": [], "eval": []}
+    assert torch.isnan(tables["train"][0]).all()  # rows no step uses are never computed
     path = tmp_path / "ref.safetensors"
     save_cache(path, "key-a", tables, tmp_path)
     cached = load_cache(path, "key-a", splits)
@@ -58,6 +63,6 @@ def test_cached_run_equals_live_run_and_second_run_reuses_cache(tiny_model_dir, 
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
     # A second run must not compute reference log-probs again: make any model forward for it fail.
-    monkeypatch.setattr("dpokit.reference.compute_cache", lambda *a, **k: pytest.fail("cache was recomputed"))
+    monkeypatch.setattr("dpokit.reference.fill_rows", lambda *a, **k: pytest.fail("cache was recomputed"))
     assert run(tiny_model_dir, data, tmp_path / "again") == 0
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["reference"] == str(caches[0])

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..losses import LN2, LOSSES
 from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .checkpoint import latest_checkpoint, save_pretrained_atomic
-from .loop import train_dpo
+from .loop import pair_order, total_steps, train_dpo
 
 
 def prepare_run_dir(config: DPOConfig) -> Path:
@@ -82,18 +82,22 @@ def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tok
     splits = {"train": data.train, "eval": data.eval}
     key = ref_cache.cache_key(ref_cache.model_fingerprint(ref_path), dtype, ref_cache.data_fingerprint(splits))
     path = ref_cache.cache_path_for(key)
-    if path.is_file():
-        return ref_cache.load_cache(path, key, splits)
-    model = reference_model()
-    source = model if model is not None else policy
-    was_training = source.training
-    source.eval()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    source.to(device)
-    tables = ref_cache.compute_cache(source, splits, COLLATORS[config.layout], tokenizer.pad_token_id,
-                                     config.batch_size // config.grad_accum, lean, device)
-    source.train(was_training)
-    ref_cache.save_cache(path, key, tables, ref_path)
+    tables = ref_cache.load_cache(path, key, splits).tables if path.is_file() else ref_cache.empty_tables(splits)
+    steps = total_steps(config, len(data.train))
+    used = sorted({i for step in range(steps) for i in pair_order(len(data.train), step, config.batch_size, config.seed)})
+    missing = ref_cache.missing_rows(tables, {"train": used, "eval": list(range(len(data.eval)))})
+    if any(missing.values()):
+        model = reference_model()
+        source = model if model is not None else policy  # no --ref: the policy before its first step
+        was_training = source.training
+        source.eval()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        source.to(device)
+        ref_cache.fill_rows(source, tables, splits, missing, COLLATORS[config.layout], tokenizer.pad_token_id,
+                            config.batch_size // config.grad_accum, lean, device)
+        source.train(was_training)
+        ref_cache.save_cache(path, key, tables, ref_path)
+        del model
     return ref_cache.CachedReference(tables, path)
 
 
