@@ -53,7 +53,9 @@ class DPOConfig:
     eval_every: int = opt(0, "evaluate every N steps (0 = only at start and end)")
     save_every: int = opt(0, "checkpoint every N steps (0 = only the final model)")
     layout: str = opt("shared", "batch layout: shared = one [prompt|chosen|rejected] row per pair (prompt computed once); "
-                                "padded = prompt+chosen and prompt+rejected rows", choices=("shared", "padded"))
+                                "packed = several such blocks per row up to --tokens-per-row (no padding); "
+                                "padded = prompt+chosen and prompt+rejected rows", choices=("shared", "packed", "padded"))
+    tokens_per_row: Optional[int] = opt(None, "packed layout: token budget of one row (default 2 × max_length)")
     reference_cache: str = opt("on", "on: reference log-probs computed once, stored under the cache folder and reused by "
                                      "later runs and epochs (no reference model in memory while training); off: run "
                                      "the reference model live every step", choices=("on", "off"))
@@ -105,6 +107,8 @@ def check_dpo_config(c: DPOConfig) -> None:
         bad("eval_fraction", "give either --eval-data or --eval-fraction, not both")
     if c.resume and c.overwrite:
         bad("resume", "--resume continues a run and --overwrite deletes it; pick one")
+    if c.tokens_per_row is not None and c.layout != "packed":
+        bad("tokens_per_row", "only the packed layout uses it; add --layout packed or drop it")
     if c.keep_checkpoints < 1:
         bad("keep_checkpoints", "must be ≥ 1 (the newest checkpoint is what --resume needs)")
     if c.learning_rate <= 0:

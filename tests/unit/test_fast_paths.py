@@ -78,7 +78,7 @@ def test_ten_step_loss_trajectory_is_the_same_for_both_layouts(tiny_model_dir, t
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     losses = {}
-    for layout in ("padded", "shared"):
+    for layout in ("padded", "shared", "packed"):
         out = tmp_path / layout
         assert main(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
                      "--layout", layout, "--max-steps", "10", "--batch-size", "4", "--learning-rate", "1e-3",
@@ -87,3 +87,19 @@ def test_ten_step_loss_trajectory_is_the_same_for_both_layouts(tiny_model_dir, t
     assert len(losses["padded"]) == 10
     assert losses["padded"][-1] < losses["padded"][0]  # it trains
     assert losses["shared"] == pytest.approx(losses["padded"], rel=1e-4)
+    assert losses["packed"] == pytest.approx(losses["padded"], rel=1e-4)
+
+
+def test_packed_layout_equals_padded_and_removes_padding():
+    from dpokit.data.collate import collate_packed
+
+    model = make_model(vocab_size=60)
+    pairs = some_pairs()
+    packed = collate_packed(pairs, 0, row_tokens=40)
+    padded = collate_pairs(pairs, 0)
+    assert packed.input_ids.shape[0] < len(pairs)  # several pairs share a row
+    assert packed.input_ids.numel() < padded.input_ids.numel()
+    with torch.no_grad():
+        a, b = batch_logps(model, packed), batch_logps(model, padded, lean=False)
+    assert torch.allclose(a.chosen, b.chosen, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(a.rejected, b.rejected, rtol=1e-5, atol=1e-5)

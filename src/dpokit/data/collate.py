@@ -63,27 +63,61 @@ def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
             9: 1 1 0 1 1
         targets = [2, 3, 4], sources = [1, 1, 3]  token 8 is predicted from the prompt's last position
     """
-    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return _pack([[i] for i in range(len(pairs))], pairs, pad_id)
+
+
+def collate_packed(pairs: list[TokenizedPair], pad_id: int, row_tokens: int) -> PreferenceBatch:
+    """Several [prompt | chosen | rejected] blocks per row, up to `row_tokens` tokens (first-fit by length).
+
+    Blocks never see each other: the mask is block-diagonal by pair and position ids restart per block, so each
+    pair's log-probs equal those of the padded layout; only the padding is gone.
+    """
+    sizes = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(pairs)), key=lambda i: -sizes[i]):
+        for r, free in enumerate(room):
+            if sizes[i] <= free:
+                rows[r].append(i)
+                room[r] -= sizes[i]
+                break
+        else:
+            rows.append([i])
+            room.append(max(row_tokens, sizes[i]) - sizes[i])
+    return _pack(rows, pairs, pad_id)
+
+
+def _pack(rows: list[list[int]], pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+    """Lay out pair blocks row by row; `owners` keep pair order (pair i's chosen is i, rejected B + i)."""
     b = len(pairs)
-    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((b, width), dtype=torch.long)
-    segment = torch.full((b, width), PAD, dtype=torch.long)
+    width = max(sum(len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in row)
+                for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), PAD, dtype=torch.long)
+    block = torch.full((len(rows), width), -1, dtype=torch.long)  # which pair a position belongs to
     sources, targets, owners = [], [], []
-    for i, p in enumerate(pairs):
-        n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
-        n = n_p + n_c + n_r
-        input_ids[i, :n] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids, dtype=torch.long)
-        position_ids[i, :n] = torch.cat([torch.arange(n_p + n_c), torch.arange(n_p, n_p + n_r)])
-        segment[i, :n] = torch.tensor([PROMPT] * n_p + [CHOSEN] * n_c + [REJECTED] * n_r)
-        row = i * width
-        chosen_pos = list(range(n_p, n_p + n_c))
-        rejected_pos = list(range(n_p + n_c, n))
-        targets += [row + t for t in chosen_pos + rejected_pos]
-        sources += [row + t - 1 for t in chosen_pos] + [row + n_p - 1] + [row + t - 1 for t in rejected_pos[1:]]
-        owners += [i] * n_c + [b + i] * n_r
-    q, k = segment[:, :, None], segment[:, None, :]  # (B, T, 1), (B, 1, T)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            p = pairs[i]
+            n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+            n = n_p + n_c + n_r
+            input_ids[r, at:at + n] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids, dtype=torch.long)
+            position_ids[r, at:at + n] = torch.cat([torch.arange(n_p + n_c), torch.arange(n_p, n_p + n_r)])
+            segment[r, at:at + n] = torch.tensor([PROMPT] * n_p + [CHOSEN] * n_c + [REJECTED] * n_r)
+            block[r, at:at + n] = i
+            base = r * width + at
+            chosen_pos = list(range(n_p, n_p + n_c))
+            rejected_pos = list(range(n_p + n_c, n))
+            targets += [base + t for t in chosen_pos + rejected_pos]
+            sources += [base + t - 1 for t in chosen_pos] + [base + n_p - 1] + [base + t - 1 for t in rejected_pos[1:]]
+            owners += [i] * n_c + [b + i] * n_r
+            at += n
+    q, k = segment[:, :, None], segment[:, None, :]  # (rows, T, 1), (rows, 1, T)
+    same_pair = block[:, :, None] == block[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    visible = causal & ((k == PROMPT) | (k == q)) & (q != PAD)
+    visible = causal & same_pair & ((k == PROMPT) | (k == q)) & (q != PAD)
     visible |= torch.eye(width, dtype=torch.bool) & (q == PAD)  # padding sees itself: no all-masked rows
     return PreferenceBatch(input_ids, visible[:, None], sources=torch.tensor(sources), targets=torch.tensor(targets),
                            owners=torch.tensor(owners), num_pairs=b, num_tokens=_num_tokens(pairs),
@@ -91,3 +125,10 @@ def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
 
 
 COLLATORS = {"padded": collate_pairs, "shared": collate_shared}
+
+
+def collator(layout: str, pack_tokens: int):
+    """The batch builder for a layout name: padded, shared, or packed (rows of at most `pack_tokens` tokens)."""
+    if layout == "packed":
+        return lambda pairs, pad_id: collate_packed(pairs, pad_id, pack_tokens)
+    return COLLATORS[layout]

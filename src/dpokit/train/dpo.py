@@ -10,7 +10,7 @@ import torch
 
 from .. import memory
 from .. import reference as ref_cache
-from ..data.collate import COLLATORS
+from ..data.collate import collator
 from ..reference import LiveReference
 from ..config import DPOConfig, dump_config
 from ..data.prepare import prepare_preference_data
@@ -93,7 +93,8 @@ def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tok
         source.eval()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         source.to(device)
-        ref_cache.fill_rows(source, tables, splits, missing, COLLATORS[config.layout], tokenizer.pad_token_id,
+        collate = collator(config.layout, config.tokens_per_row or 2 * config.max_length)
+        ref_cache.fill_rows(source, tables, splits, missing, collate, tokenizer.pad_token_id,
                             config.batch_size // config.grad_accum, lean, device)
         source.train(was_training)
         ref_cache.save_cache(path, key, tables, ref_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import COLLATORS
+from ..data.collate import collator
 from ..logprobs import batch_logps
 from ..losses import LOSSES, PairLogps, chosen_nll
 from ..types import PreferenceBatch, TokenizedPair
@@ -99,7 +99,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
-    collate = COLLATORS[config.layout]
+    collate = collator(config.layout, config.tokens_per_row or 2 * config.max_length)
     micro_size = config.batch_size // config.grad_accum
     steps = total_steps(config, len(train_pairs))
 
