@@ -28,6 +28,15 @@ def cmd_validate(args) -> int:
     return validate_command(args)
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .report import plot_run
+
+    print(plot_run(Path(args.run)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import DPOConfig, add_arguments
 
@@ -45,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-prompt-length", type=int, default=256)
     validate.add_argument("--no-tokens", action="store_true", help="skip token statistics (no tokenizer needed)")
     validate.set_defaults(func=cmd_validate)
+    report = sub.add_parser("report", help="plot a run's metrics (loss, reward accuracy, margins, log-probs) to PNG")
+    report.add_argument("run", help="run folder (the --output of dpokit dpo)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

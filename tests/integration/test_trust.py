@@ -93,3 +93,15 @@ def test_memory_check_stops_with_settings_that_fit(tiny_model_dir, monkeypatch):
 def test_memory_estimate_scales_with_batch_and_length():
     e = MemoryEstimate(weights=1, gradients=1, optimizer=2, reference=1, activations=10, runtime=0)
     assert e.total == 15
+
+
+def test_run_writes_a_report_png_with_content(tiny_model_dir, pairs_file, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "run"
+    assert main(base_args(tiny_model_dir, pairs_file, out) + ["--eval-fraction", "0.25"]) == 0
+    pixels = np.asarray(Image.open(out / "report.png").convert("L"))
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500
+    assert (pixels < 128).mean() > 0.01  # lines and text drawn, not a blank canvas
+    assert main(["report", str(out)]) == 0

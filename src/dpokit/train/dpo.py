@@ -16,6 +16,7 @@ from ..config import DPOConfig, dump_config
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
 from ..losses import LN2, LOSSES
+from ..report import plot_run
 from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .checkpoint import latest_checkpoint, save_pretrained_atomic
 from .loop import pair_order, total_steps, train_dpo
@@ -127,6 +128,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
                "estimated_memory_mb": estimated.total / 2**20,
                "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary["report"] = str(plot_run(run_dir))
     if not quiet:
         print(format_summary(summary))
     return summary
@@ -156,4 +158,5 @@ def format_summary(s: dict) -> str:
         lines.append(f"  (at the start the policy equals the reference: loss ln 2 = {LN2:.4f}, every margin 0; "
                      "a tie counts as a wrong answer, so accuracy starts at 0)")
     lines.append(f"  model: {s['output']}")
+    lines.append(f"  plots: {s['report']}")
     return "\n".join(lines)
