@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from .offline import enforce_offline
+
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
 def cmd_dpo(args) -> int:
@@ -78,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"dpokit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"dpokit: error: cannot write{where}: {e.strerror}; checkpoints are written whole or not at all, so the "
+              "last complete one is intact (free space or choose another --output, then --resume)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dpokit: interrupted", file=sys.stderr)
         return 130

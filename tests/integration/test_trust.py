@@ -105,3 +105,41 @@ def test_run_writes_a_report_png_with_content(tiny_model_dir, pairs_file, tmp_pa
     assert pixels.shape[0] > 300 and pixels.shape[1] > 500
     assert (pixels < 128).mean() > 0.01  # lines and text drawn, not a blank canvas
     assert main(["report", str(out)]) == 0
+
+
+def test_full_disk_mid_run_gives_one_line_and_keeps_last_checkpoint(tiny_model_dir, pairs_file, tmp_path, monkeypatch,
+                                                                    capsys):
+    import errno
+
+    from dpokit.train import checkpoint as ckpt
+
+    real = ckpt.save_checkpoint
+    calls = {"n": 0}
+
+    def failing_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint hits a full disk half-way
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / ".checkpoint-4.tmp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", failing_save)
+    out = tmp_path / "run"
+    code = main(base_args(tiny_model_dir, pairs_file, out) + ["--save-every", "2"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "dpokit: error:" in line]
+    assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err
+    assert (out / "checkpoint-2" / "step.json").is_file()
+    assert main(base_args(tiny_model_dir, pairs_file, out) + ["--save-every", "2", "--resume"]) == 0
+
+
+def test_read_only_output_location_is_one_line(tiny_model_dir, pairs_file, tmp_path, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    def read_only(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(base_args(tiny_model_dir, pairs_file, tmp_path / "ro" / "run")) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and err.startswith("dpokit: error:")
