@@ -59,6 +59,7 @@ class DPOConfig:
     reference_cache: str = opt("on", "on: reference log-probs computed once, stored under the cache folder and reused by "
                                      "later runs and epochs (no reference model in memory while training); off: run "
                                      "the reference model live every step", choices=("on", "off"))
+    group_by_length: bool = opt(False, "batch pairs of similar length together (sorted within windows of 16 batches)")
     full_logits: bool = opt(False, "compute logits at every position (the obvious path) instead of only at answer tokens")
     dtype: Optional[str] = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPUs that support it)",
                                choices=tuple(DTYPES))

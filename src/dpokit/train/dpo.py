@@ -19,7 +19,7 @@ from ..losses import LN2, LOSSES
 from ..report import plot_run
 from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .checkpoint import latest_checkpoint, save_pretrained_atomic
-from .loop import pair_order, total_steps, train_dpo
+from .loop import pair_lengths, pair_order, total_steps, train_dpo
 
 
 def prepare_run_dir(config: DPOConfig) -> Path:
@@ -85,7 +85,9 @@ def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tok
     path = ref_cache.cache_path_for(key)
     tables = ref_cache.load_cache(path, key, splits).tables if path.is_file() else ref_cache.empty_tables(splits)
     steps = total_steps(config, len(data.train))
-    used = sorted({i for step in range(steps) for i in pair_order(len(data.train), step, config.batch_size, config.seed)})
+    lengths = pair_lengths(data.train) if config.group_by_length else None
+    used = sorted({i for step in range(steps)
+                   for i in pair_order(len(data.train), step, config.batch_size, config.seed, lengths)})
     missing = ref_cache.missing_rows(tables, {"train": used, "eval": list(range(len(data.eval)))})
     if any(missing.values()):
         model = reference_model()

@@ -17,20 +17,37 @@ from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, s
 from .metrics import MetricsLog, MetricSums, pair_metrics
 
 
-def pair_order(num_pairs: int, step: int, batch_size: int, seed: int) -> list[int]:
-    """Indices of the pairs used at `step` (0-based): a flat stream of seeded per-epoch permutations.
+GROUP_WINDOW_BATCHES = 16  # length grouping sorts within windows of this many batches, keeping the order random
+
+
+def epoch_order(num_pairs: int, epoch: int, seed: int, batch_size: int, lengths: list[int] | None = None) -> list[int]:
+    """A seeded permutation of the pairs for one epoch; with `lengths`, sorted longest-first within windows of
+    GROUP_WINDOW_BATCHES batches so that a batch holds pairs of similar length (less padding)."""
+    perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    if lengths is None:
+        return perm
+    window = batch_size * GROUP_WINDOW_BATCHES
+    return [i for w in range(0, num_pairs, window) for i in sorted(perm[w:w + window], key=lambda i: -lengths[i])]
+
+
+def pair_order(num_pairs: int, step: int, batch_size: int, seed: int, lengths: list[int] | None = None) -> list[int]:
+    """Indices of the pairs used at `step` (0-based): a flat stream of seeded per-epoch orders.
 
     Derivable from the step alone, so a resumed run sees exactly the data an uninterrupted run would.
     """
     start, stop = step * batch_size, (step + 1) * batch_size
     out, epoch = [], start // num_pairs
     while len(out) < batch_size:
-        perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        order = epoch_order(num_pairs, epoch, seed, batch_size, lengths)
         lo = max(start - epoch * num_pairs, 0)
         hi = min(stop - epoch * num_pairs, num_pairs)
-        out += perm[lo:hi]
+        out += order[lo:hi]
         epoch += 1
     return out
+
+
+def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
+    return [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
 
 
 def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
@@ -99,6 +116,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
+    lengths = pair_lengths(train_pairs) if config.group_by_length else None
     collate = collator(config.layout, config.tokens_per_row or 2 * config.max_length)
     micro_size = config.batch_size // config.grad_accum
     steps = total_steps(config, len(train_pairs))
@@ -131,7 +149,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     bar = tqdm(total=steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
     for step in range(start_step, steps):
         step_started = time.time()
-        indices = pair_order(len(train_pairs), step, config.batch_size, config.seed)
+        indices = pair_order(len(train_pairs), step, config.batch_size, config.seed, lengths)
         micro_indices = [indices[m * micro_size:(m + 1) * micro_size] for m in range(config.grad_accum)]
         micro_batches = [(collate([train_pairs[i] for i in idx], pad_id), idx) for idx in micro_indices]
         sums, step_tokens, finite = accumulate_gradients(policy, reference, micro_batches, config, accelerator)
