@@ -231,7 +231,7 @@ def _csv_header(name: str, line: int, cells: list[str]) -> list[str]:
         if not cell.strip():
             raise DataError(f"{name}:{line}: header has an empty column name")
         if cell in seen:
-            raise DataError(f"{name}:{line}: header repeats column {cell!r}")
+            raise DataError(f"{name}:{line}: header repeats column {_short(cell)}")
         seen.add(cell)
     return cells
 

@@ -95,6 +95,23 @@ def accumulate_gradients(policy, reference, micro_batches: list[tuple[Preference
     return sums, tokens, finite
 
 
+def restore(run_dir: Path, config, model, optimizer, scheduler) -> dict:
+    """With --resume: load the newest checkpoint; returns the step and running totals to continue from."""
+    resumed = {"step": 0, "tokens": 0, "skipped_nonfinite": 0}
+    checkpoint = latest_checkpoint(run_dir) if config.resume else None
+    if checkpoint is not None:
+        resumed.update(load_checkpoint(checkpoint, model, optimizer, scheduler))
+    return resumed
+
+
+def prepare_eval(eval_pairs, collate, pad_id: int, micro_size: int, reference, device):
+    """Held-out batches and their reference log-probs, which never change: computed once per run."""
+    starts = range(0, len(eval_pairs), micro_size)
+    batches = [collate(eval_pairs[i:i + micro_size], pad_id).to(device) for i in starts]
+    refs = [reference.logps(b, "eval", list(range(i, i + b.num_pairs))) for i, b in zip(starts, batches)]
+    return batches, refs
+
+
 def total_steps(config, num_pairs: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -128,17 +145,11 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     if hasattr(reference, "model"):
         reference.model.to(accelerator.device)
 
-    resumed = {"step": 0, "tokens": 0, "skipped_nonfinite": 0}
-    checkpoint = latest_checkpoint(run_dir) if config.resume else None
-    if checkpoint is not None:
-        resumed.update(load_checkpoint(checkpoint, accelerator.unwrap_model(policy), optimizer, scheduler))
+    resumed = restore(run_dir, config, accelerator.unwrap_model(policy), optimizer, scheduler)
     start_step = resumed["step"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None)
 
-    # Reference log-probs of the held-out set never change: compute them once.
-    eval_starts = range(0, len(eval_pairs), micro_size)
-    eval_batches = [collate(eval_pairs[i:i + micro_size], pad_id).to(accelerator.device) for i in eval_starts]
-    eval_reference = [reference.logps(b, "eval", list(range(i, i + b.num_pairs))) for i, b in zip(eval_starts, eval_batches)]
+    eval_batches, eval_reference = prepare_eval(eval_pairs, collate, pad_id, micro_size, reference, accelerator.device)
     first_eval = evaluate(policy, eval_reference, eval_batches, config) if eval_batches and start_step == 0 else {}
     if first_eval:
         log.write({"step": 0, **first_eval})
