@@ -1,7 +1,7 @@
 """dpokit against TRL's DPOTrainer: same model, same pairs, same hyper-parameters; one table.
 
     python bench/bench_dpo.py            # tiny Llama at 8 pairs/step and SmolLM2-135M at 2 pairs/step (~15 min, 2 cores)
-    python bench/bench_dpo.py --quick    # tiny Llama only, 4 pairs/step, 3 steps (~2 min)
+    python bench/bench_dpo.py --quick    # tiny Llama only, 2 pairs/step, 3 steps (~2 min)
 
 Every run is its own process (peak RSS = that process's ru_maxrss), and the runs alternate: TRL default, dpokit
 (cached reference), TRL with precompute_ref_log_probs=True, dpokit with a live reference. See bench/README.md.
@@ -31,10 +31,10 @@ SHOWN_LOSSES = 5
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny model only, 4 pairs/step, 3 steps (~2 min)")
+    p.add_argument("--quick", action="store_true", help="tiny model only, 2 pairs/step, 3 steps (~2 min)")
     p.add_argument("--configs", default=None, help="comma list of tiny,smollm2 (default: both; --quick: tiny)")
     p.add_argument("--runs", default=",".join(ORDER), help=f"comma list, run in this order (default {','.join(ORDER)})")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 6; --quick 3); "
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 5; --quick 3); "
                                                            "step 1 is left out of every timing")
     p.add_argument("--repeats", type=int, default=1, help="times each run is repeated (the median is shown)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's default)")
@@ -48,7 +48,7 @@ def parse_args(argv=None):
 
 def plan(args) -> list[tuple[str, int]]:
     """(configuration, pairs per step) to run."""
-    pairs = {"tiny": 4 if args.quick else 8, "smollm2": 2}
+    pairs = {"tiny": 2 if args.quick else 8, "smollm2": 2}
     names = args.configs.split(",") if args.configs else (["tiny"] if args.quick else ["tiny", "smollm2"])
     unknown = [n for n in names if n not in pairs]
     if unknown:
@@ -171,8 +171,7 @@ def machine_line(rate_before: float, rate_after: float, load_before, load_after,
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_workers import main as worker_main
+        from bench_workers import main as worker_main  # bench/ is on sys.path: it holds this script
 
         worker_main(args.worker, args.spec, args.result)
         return 0
@@ -182,7 +181,7 @@ def main(argv=None) -> int:
     runs = args.runs.split(",")
     if any(r not in ORDER for r in runs):
         raise SystemExit(f"--runs: choose from {', '.join(ORDER)}")
-    steps = args.steps or (3 if args.quick else 6)
+    steps = args.steps or (3 if args.quick else 5)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"dpokit bench: preparing models and pairs in {workdir}", flush=True)
@@ -191,6 +190,10 @@ def main(argv=None) -> int:
         model_dir = prep.tiny_llama_dir(workdir) if name == "tiny" else prep.smollm2_dir()
         workloads.append(prep.write_workload(name, model_dir, batch_size, steps, workdir / "data" / name))
 
+    if args.threads:  # the matmul rate is measured with the runs' thread count
+        import torch
+
+        torch.set_num_threads(args.threads)
     load_before, rate_before = os.getloadavg(), prep.matmul_gflops()
     results: dict[str, dict[str, list]] = {w.name: {r: [] for r in runs} for w in workloads}
     for workload in workloads:

@@ -56,7 +56,7 @@ def train(model, reference, config: DPOConfig, dataset, tokenizer, eval_dataset=
     reference = frozen_copy(model) if reference is None else reference.eval().requires_grad_(False)
     model.train()
     result = train_dpo(model, LiveReference(reference, lean=not config.full_logits), tokenizer, data.train, data.eval,
-                       config, run_dir)
+                       config, run_dir)  # train_dpo makes its own Accelerator: one process
     if save:
         save_pretrained_atomic(result["policy"], tokenizer, run_dir / "final")
     return {**data.summary, **result, "model": result.pop("policy")}

@@ -11,8 +11,31 @@ from .offline import enforce_offline
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
+def launch_processes(nproc: int, argv: list[str]) -> int:
+    """`dpokit dpo --nproc N`: the same command under `accelerate launch` (DDP; gloo on CPU, NCCL on GPUs)."""
+    import subprocess
+
+    import torch
+
+    rest, skip = [], False
+    for arg in argv:  # drop --nproc N / --nproc=N, keep everything else as given
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [] if torch.cuda.is_available() else ["--cpu"]
+    return subprocess.call(command + ["-m", "dpokit", *rest])
+
+
 def cmd_dpo(args) -> int:
     from pathlib import Path
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_processes(args.nproc, args.argv)
 
     from .config import DPOConfig, config_from_args
     from .train.dpo import run_dpo
@@ -49,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train with a preference loss. With no arguments: SmolLM2-135M-Instruct on a "
                                      "bundled hh-rlhf sample.")
     add_arguments(dpo, DPOConfig)
+    dpo.add_argument("--nproc", type=int, default=1, help="train with N processes (DDP via accelerate launch; "
+                     "batch-size must divide by grad-accum × N)")
     dpo.set_defaults(func=cmd_dpo)
     validate = sub.add_parser("validate", help="check a preference file and report shape, counts and token lengths")
     validate.add_argument("path", help="data file or save_to_disk folder")
@@ -72,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # our own bar shows what matters
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

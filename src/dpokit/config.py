@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
@@ -83,6 +84,10 @@ def check_dpo_config(c: DPOConfig) -> None:
     def bad(key: str, why: str):
         raise UserError(f"config: {key}: {why}")
 
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(f.name, f"must be a finite number, got {value}")
     spec = LOSSES.get(c.loss)
     if spec is None:
         bad("loss", f"unknown loss {c.loss!r}; choose one of {', '.join(LOSSES)}")

@@ -116,3 +116,18 @@ def batch_logps(model, batch: PreferenceBatch, lean: bool = True) -> PairLogps:
     sums = torch.zeros(2 * b, dtype=token_lp.dtype, device=token_lp.device).index_add(0, batch.owners, token_lp)
     counts = torch.bincount(batch.owners, minlength=2 * b)
     return PairLogps(sums[:b], sums[b:], counts[:b], counts[b:])
+
+
+class PairLogpsModule(torch.nn.Module):
+    """The policy as a module whose forward returns pair log-probs.
+
+    Distributed wrappers (DDP, FSDP) synchronise gradients through their module's forward; the lean path reaches
+    into the decoder and the LM head, so it must run inside one forward, not around it.
+    """
+
+    def __init__(self, model, lean: bool = True):
+        super().__init__()
+        self.model, self.lean = model, lean
+
+    def forward(self, batch: PreferenceBatch) -> PairLogps:
+        return batch_logps(self.model, batch, lean=self.lean)

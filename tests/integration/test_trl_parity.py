@@ -30,6 +30,7 @@ from trl import DPOTrainer  # noqa: E402
 from dpokit.config import DPOConfig  # noqa: E402
 from dpokit.data.collate import collate_pairs  # noqa: E402
 from dpokit.data.tokenize import tokenize_pair  # noqa: E402
+from dpokit.logprobs import PairLogpsModule  # noqa: E402
 from dpokit.reference import LiveReference  # noqa: E402
 from dpokit.train.loop import objective  # noqa: E402
 from dpokit.types import PreferencePair, TokenizedPair  # noqa: E402
@@ -150,7 +151,7 @@ def test_loss_and_gradients_match_trl(models, loss_type, beta, tmp_path):
     ref = LiveReference(models.reference).logps(batch, "train", list(range(batch.num_pairs)))
     config = DPOConfig(loss=loss_type, beta=beta)
     ours.zero_grad(set_to_none=True)
-    our_loss, metrics = objective(ours, ref, batch, config)
+    our_loss, metrics = objective(PairLogpsModule(ours), ref, batch, config)
     our_loss.backward()
 
     # The batch is not degenerate: margins of both signs; the hinge is clipped on some pairs when β h > 1.

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dpokit.cli import main
@@ -32,6 +32,7 @@ from dpokit.errors import DataError, UserError
 
 EXAMPLES: Counter = Counter()  # generated examples run, per property
 ORIGIN = re.compile(r"(:\d+|\[\d+\]| row \d+)$")  # pairs.jsonl:3, pairs.json[2], pairs.parquet row 7
+ROW = '{"prompt": "p", "chosen": "c", "rejected": "r"'  # a good row, less its closing brace
 SEARCH = int(os.environ.get("DPOKIT_FUZZ", "0"))  # e.g. DPOKIT_FUZZ=20: 20x the examples, fresh random ones
 
 
@@ -98,12 +99,13 @@ def check_pair(pair, name: str) -> None:
     assert pair.origin.startswith(name) and ORIGIN.search(pair.origin)
     assert isinstance(pair.chosen, str) and isinstance(pair.rejected, str)
     assert pair.chosen.strip() and pair.rejected.strip() and pair.chosen != pair.rejected
-    messages = () if isinstance(pair.prompt, str) else pair.prompt
     assert isinstance(pair.prompt, (str, tuple))
+    messages = () if isinstance(pair.prompt, str) else pair.prompt
     for m in messages:
         assert set(m) == {"role", "content"} and m["role"] in ("system", "user", "assistant")
-    for text in [pair.chosen, pair.rejected] + [m["content"] for m in messages] + [pair.prompt] * (not messages):
-        text.encode("utf-8")  # the tokenizer refuses lone surrogates
+    prompt_texts = [m["content"] for m in messages] if messages else [pair.prompt]
+    for text in [pair.chosen, pair.rejected] + prompt_texts:
+        text.encode("utf-8")  # raises on a lone surrogate, which the tokenizer refuses
     assert pair.margin is None or (type(pair.margin) is float and math.isfinite(pair.margin))
 
 
@@ -147,7 +149,8 @@ def shaped(shape: str, p, c, r) -> dict:
                                    "rejected": [msg("assistant", r)]},
         "implicit": lambda: {"chosen": [msg("user", p), msg("assistant", c)],
                              "rejected": [msg("user", p), msg("assistant", r)]},
-        "hh_rlhf": lambda: {"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}", "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"},
+        "hh_rlhf": lambda: {"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}",
+                            "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"},
         "sharegpt": lambda: {"conversations": [{"from": "human", "value": p}], "chosen": {"from": "gpt", "value": c},
                              "rejected": {"from": "gpt", "value": r}},
         "openai": lambda: {"input": {"messages": [msg("user", p)]}, "preferred_output": [msg("assistant", c)],
@@ -163,10 +166,10 @@ REQUIRED = {"standard": ["prompt", "chosen", "rejected"], "conversational": ["pr
 
 
 @st.composite
-def rows(draw, shapes=SHAPES):
+def rows(draw):
     """(row, broken): a row of a random shape whose fields may be replaced by wrong types or
     removed; ``broken`` says the row cannot be a valid pair."""
-    shape = draw(st.sampled_from(shapes))
+    shape = draw(st.sampled_from(SHAPES))
     row = shaped(shape, draw(TEXT), draw(TEXT), draw(TEXT))
     broken = False
     for key in REQUIRED[shape]:
@@ -194,10 +197,6 @@ def encode(text: str, bom: bool, crlf: bool) -> bytes:
     return (b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8", "surrogatepass")
 
 
-def jsonl_rows(text: str) -> int:
-    return sum(1 for line in text.split("\n") if line.strip())
-
-
 # --- properties ------------------------------------------------------------------------------------------
 
 
@@ -209,7 +208,7 @@ def test_arbitrary_json_values_per_line(tmp_path, capsys, values, ascii_only, bo
     text = "\n".join(dumps(v, ascii_only) for v in values) + "\n"
     path = tmp_path / f"pairs{suffix}"
     path.write_bytes(encode(text, bom, crlf))
-    check_both(path, capsys)
+    check_both(path, capsys, rows=len(values) if suffix == ".jsonl" else None)
 
 
 @fuzz(60)
@@ -283,8 +282,8 @@ def test_well_formed_rows_load_exactly(tmp_path, capsys, shape_fmt, texts, ascii
 @fuzz(50)
 @given(cells=st.lists(st.lists(st.one_of(GOOD_TEXT, st.just('"'), st.just("a\nb"), st.just("[{}]")), max_size=5),
                       max_size=5),
-       header=st.sampled_from([["prompt", "chosen", "rejected"], ["chosen", "rejected"], ["prompt", "chosen", "rejected",
-                                                                                         "margin"], ["a", "a"], [""]]),
+       header=st.sampled_from([["prompt", "chosen", "rejected"], ["chosen", "rejected"],
+                               ["prompt", "chosen", "rejected", "margin"], ["a", "a"], [""]]),
        quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]), bom=st.booleans())
 def test_csv_quotes_newlines_and_ragged_rows(tmp_path, capsys, cells, header, quoting, bom):
     EXAMPLES["csv"] += 1
@@ -339,17 +338,18 @@ def test_truncated_gzip(tmp_path, capsys, cut, rows_):
 
 
 @fuzz(50)
-@given(row=rows().map(lambda rb: rb[0]), at=st.sampled_from(["top", "nested"]), suffix=st.sampled_from([".jsonl", ".json"]),
+@given(row=rows().map(lambda rb: rb[0]), at=st.sampled_from(["top", "nested"]),
+       suffix=st.sampled_from([".jsonl", ".json"]),
        value=st.one_of(SCALARS, st.lists(SCALARS, max_size=2)))
 def test_repeated_keys_are_named(tmp_path, capsys, row, at, suffix, value):
     """{"chosen": "a", "chosen": "b"} is legal JSON whose parser keeps one value and drops the other silently."""
     EXAMPLES["repeated keys"] += 1
-    inner = json.dumps(row)[1:-1]
-    extra = f'"dup": {json.dumps(value)}, "dup": 0'
-    text = "{" + (extra + ", " if inner else extra) + inner + "}" if at == "top" else \
-        "{" + (inner + ", " if inner else "") + '"metadata": {' + extra + "}}"
+    dup = f'"dup": {json.dumps(value)}, "dup": 0'
+    fields = [json.dumps(row)[1:-1]] if row else []
+    fields = [dup] + fields if at == "top" else fields + ['"metadata": {' + dup + "}"]
+    text = "{" + ", ".join(fields) + "}"
     if suffix == ".json":
-        text = "[\n" + json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + ",\n" + text + "\n]"
+        text = "[\n" + ROW + "},\n" + text + "\n]"
     path = tmp_path / f"pairs{suffix}"
     path.write_text(text + "\n", encoding="utf-8")
     assert check_cli(path, capsys) == 2
@@ -359,9 +359,9 @@ def test_repeated_keys_are_named(tmp_path, capsys, row, at, suffix, value):
 
 
 def test_examples_ran():
-    """Runs last in this file: the properties above did generate examples (``EXAMPLES`` holds the counts)."""
-    if EXAMPLES:  # empty when this test is selected alone
-        assert sum(EXAMPLES.values()) >= 400, dict(EXAMPLES)
+    """Runs after the properties above: each that ran tried the examples it asked for (none were all
+    filtered away). 630 in all when the whole file runs."""
+    assert all(n >= 40 for n in EXAMPLES.values()), dict(EXAMPLES)
 
 
 # --- fixed examples: too rare to generate ---------------------------------------------------------------------
@@ -369,10 +369,7 @@ def test_examples_ran():
 DEEP = 10_000
 
 
-ROW = '{"prompt": "p", "chosen": "c", "rejected": "r"'  # ...and the closing brace, or more fields
-
-
-@pytest.mark.parametrize("name, text, code", [
+HOSTILE = [
     ("deep.jsonl", "[" * DEEP + "]" * DEEP + "\n", 2),
     ("deep.json", "[" * DEEP + "]" * DEEP, 2),
     ("deep_row.json", "[" + '{"a": ' * DEEP + "1" + "}" * DEEP + "]", 2),
@@ -387,7 +384,10 @@ ROW = '{"prompt": "p", "chosen": "c", "rejected": "r"'  # ...and the closing bra
     ("sharegpt_system.jsonl", json.dumps({"conversations": [{"from": "human", "value": "hi"}], "system": ["x"],
                                           "chosen": {"from": "gpt", "value": "a"},
                                           "rejected": {"from": "gpt", "value": "b"}}) + "\n", 2),
-])
+]
+
+
+@pytest.mark.parametrize("name, text, code", HOSTILE, ids=[name for name, _, _ in HOSTILE])
 def test_fixed_hostile_files(tmp_path, capsys, name, text, code):
     """Each used to escape as a traceback (RecursionError, ValueError, OverflowError) or to load silently
     (an infinite margin, a lone surrogate the tokenizer later refuses, a non-string system prompt).
@@ -398,9 +398,9 @@ def test_fixed_hostile_files(tmp_path, capsys, name, text, code):
     assert (check_load(path, rows=1) is None) == (code == 2)
 
 
-def test_deep_nesting_error_names_file_line_and_the_fix(tmp_path):
+def test_deep_row_in_an_array_is_named_by_index_and_line(tmp_path):
     path = tmp_path / "deep.json"
-    path.write_text("[\n" + json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + ",\n" + "[" * DEEP + "]" * DEEP + "]")
+    path.write_text("[\n" + ROW + "},\n" + "[" * DEEP + "]" * DEEP + "]")
     with pytest.raises(DataError, match=r"^deep\.json\[1\] \(line 3\): invalid JSON \(nested too deeply"):
         read_records(path)
 
@@ -416,7 +416,8 @@ def test_huge_valid_row_loads(tmp_path, capsys):
 def test_one_line_object_with_line_separator_in_a_json_file_loads(tmp_path, capsys):
     """U+2028 inside a string is legal JSON and not a line break; a one-line .json object is one row."""
     path = tmp_path / "one.json"
-    path.write_text(json.dumps({"prompt": "a\u2028b", "chosen": "c", "rejected": "r"}, ensure_ascii=False), encoding="utf-8")
+    row = {"prompt": "a\u2028b", "chosen": "c", "rejected": "r"}
+    path.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
     assert check_cli(path, capsys) == 0
 
 

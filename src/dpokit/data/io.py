@@ -14,6 +14,7 @@ import json
 import stat
 import sys
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from json.decoder import WHITESPACE as _WHITESPACE
 from pathlib import Path
@@ -61,7 +62,7 @@ def _mode(path: Path) -> int | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except ValueError:  # a NUL byte in the path
-        raise DataError(f"{path!r}: not a valid path (it contains a NUL byte)") from None
+        raise DataError(f"{str(path)!r}: not a valid path (it contains a NUL byte)") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read file ({_first_line(e.strerror or e)})") from None
 
@@ -123,8 +124,7 @@ class _BadJSON(Exception):
 def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
     value = dict(pairs)
     if len(value) < len(pairs):  # json.loads would silently keep the last value of a repeated key
-        seen = set()
-        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        key = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
         raise _BadJSON(f"field {_short(key)} appears twice in one object; keep one")
     return value
 
@@ -195,7 +195,7 @@ def _array_error(name: str, text: str, error: _BadJSON) -> DataError:
             line = text.count("\n", 0, start) + 1
             return DataError(f"{name}[{i}] (line {line}): {e.detail}")
         pos = _WHITESPACE.match(text, end).end() + 1  # past the "," that must follow
-    return DataError(f"{name}:1: {error.detail}")  # the array itself is too deep to reach a row
+    return DataError(f"{name}: {error.detail}")  # every row decodes alone: the error was at the limit
 
 
 def _parse_csv(name: str, text: str) -> list[Record]:
@@ -272,7 +272,7 @@ def _read_saved_dataset(path: Path) -> list[Record]:
 
 def _first_line(error: object, limit: int = 300) -> str:
     """An exception's text as one short line, so the CLI's error stays one line."""
-    text = " ".join(str(error).split("\n")[:1]).strip() or type(error).__name__
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return text if len(text) <= limit else text[:limit] + "…"
 
 

@@ -67,7 +67,7 @@ def estimate_memory(config: DPOConfig, model_path, dtype: str):
     return est
 
 
-def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tokenizer):
+def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tokenizer, accelerator):
     """Live reference model, or cached log-probs (computed now if missing; no reference kept in memory after)."""
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
     lean = not config.full_logits
@@ -89,12 +89,15 @@ def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tok
     used = sorted({i for step in range(steps)
                    for i in pair_order(len(data.train), step, config.batch_size, config.seed, lengths)})
     missing = ref_cache.missing_rows(tables, {"train": used, "eval": list(range(len(data.eval)))})
+    if any(missing.values()) and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()  # the main process fills the cache; then read what it wrote
+        return ref_cache.load_cache(path, key, splits)
     if any(missing.values()):
         model = reference_model()
         source = model if model is not None else policy  # no --ref: the policy before its first step
         was_training = source.training
         source.eval()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = accelerator.device
         source.to(device)
         collate = collator(config.layout, config.tokens_per_row or 2 * config.max_length)
         ref_cache.fill_rows(source, tables, splits, missing, collate, tokenizer.pad_token_id,
@@ -102,12 +105,19 @@ def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tok
         source.train(was_training)
         ref_cache.save_cache(path, key, tables, ref_path)
         del model
+        accelerator.wait_for_everyone()
     return ref_cache.CachedReference(tables, path)
 
 
 def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
+    """One process, or one of several under `accelerate launch`: only the main process writes files."""
+    from accelerate import Accelerator
+
     started = time.time()
-    run_dir = prepare_run_dir(config)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    run_dir = prepare_run_dir(config) if main else Path(config.output)
+    accelerator.wait_for_everyone()
     dtype = config.dtype or default_dtype()
 
     # Data first: every data problem surfaces before minutes go into loading a model.
@@ -119,11 +129,15 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     estimated = estimate_memory(config, model_path, dtype)
     policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
                         allow_pickle=config.allow_pickle)
-    reference = setup_reference(config, model_path, policy, data, dtype, tokenizer)
-    dump_config(config, run_dir / "config.yaml")
+    reference = setup_reference(config, model_path, policy, data, dtype, tokenizer, accelerator)
+    if main:
+        dump_config(config, run_dir / "config.yaml")
 
-    result = train_dpo(policy, reference, tokenizer, data.train, data.eval, config, run_dir)
-    save_pretrained_atomic(result.pop("policy"), tokenizer, run_dir / "final")
+    result = train_dpo(policy, reference, tokenizer, data.train, data.eval, config, run_dir, accelerator)
+    trained = result.pop("policy")
+    if not main:
+        return result
+    save_pretrained_atomic(trained, tokenizer, run_dir / "final")
 
     summary = {**data.summary, **result, "dtype": dtype,
                "reference": str(reference.path) if getattr(reference, "path", None) else "live", "wall_seconds": time.time() - started,

@@ -9,10 +9,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.collate import collator
-from ..logprobs import batch_logps
+from ..logprobs import PairLogpsModule
 from ..losses import LOSSES, PairLogps, chosen_nll
 from ..types import PreferenceBatch, TokenizedPair
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, UserError
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .metrics import MetricsLog, MetricSums, pair_metrics
 
@@ -51,8 +51,11 @@ def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
 
 
 def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
-    """Loss of one micro-batch (mean over its pairs) and its per-pair metrics."""
-    policy = batch_logps(policy_model, batch, lean=not config.full_logits)
+    """Loss of one micro-batch (mean over its pairs) and its per-pair metrics.
+
+    `policy_model` is a PairLogpsModule (possibly inside a DDP wrapper): calling it gives the pair log-probs.
+    """
+    policy = policy_model(batch)
     out = LOSSES[config.loss].fn(policy, reference_logps, beta=config.beta, label_smoothing=config.label_smoothing,
                                  margins=batch.margins, odpo_alpha=config.odpo_alpha)
     losses = out.losses
@@ -62,7 +65,8 @@ def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, 
 
 
 @torch.no_grad()
-def evaluate(policy_model, reference_cache: list[PairLogps], batches: list[PreferenceBatch], config) -> dict[str, float]:
+def evaluate(policy_model, reference_cache: list[PairLogps], batches: list[PreferenceBatch], config,
+             accelerator) -> dict[str, float]:
     was_training = policy_model.training
     policy_model.eval()
     sums = MetricSums()
@@ -70,7 +74,7 @@ def evaluate(policy_model, reference_cache: list[PairLogps], batches: list[Prefe
         _, metrics = objective(policy_model, ref, batch, config)
         sums.add(metrics)
     policy_model.train(was_training)
-    return sums.means(prefix="eval/")
+    return sums.reduce(accelerator).means(prefix="eval/")
 
 
 def nonfinite_message(step: int, origins: list[str], run_dir: Path) -> str:
@@ -92,7 +96,8 @@ def accumulate_gradients(policy, reference, micro_batches: list[tuple[Preference
         accelerator.backward(loss / len(micro_batches))
         sums.add(metrics)
         tokens += batch.num_tokens
-    return sums, tokens, finite
+    totals = accelerator.reduce(torch.tensor([tokens, int(not finite)], device=accelerator.device), "sum")
+    return sums.reduce(accelerator), int(totals[0]), int(totals[1]) == 0  # every rank takes the same decision
 
 
 def restore(run_dir: Path, config, model, optimizer, scheduler) -> dict:
@@ -104,11 +109,12 @@ def restore(run_dir: Path, config, model, optimizer, scheduler) -> dict:
     return resumed
 
 
-def prepare_eval(eval_pairs, collate, pad_id: int, micro_size: int, reference, device):
-    """Held-out batches and their reference log-probs, which never change: computed once per run."""
-    starts = range(0, len(eval_pairs), micro_size)
-    batches = [collate(eval_pairs[i:i + micro_size], pad_id).to(device) for i in starts]
-    refs = [reference.logps(b, "eval", list(range(i, i + b.num_pairs))) for i, b in zip(starts, batches)]
+def prepare_eval(eval_pairs, collate, pad_id: int, micro_size: int, reference, accelerator):
+    """This rank's held-out batches and their reference log-probs, which never change: computed once per run."""
+    mine = list(range(accelerator.process_index, len(eval_pairs), accelerator.num_processes))
+    chunks = [mine[i:i + micro_size] for i in range(0, len(mine), micro_size)]
+    batches = [collate([eval_pairs[i] for i in idx], pad_id).to(accelerator.device) for idx in chunks]
+    refs = [reference.logps(b, "eval", idx) for idx, b in zip(chunks, batches)]
     return batches, refs
 
 
@@ -136,32 +142,39 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     lengths = pair_lengths(train_pairs) if config.group_by_length else None
     collate = collator(config.layout, config.tokens_per_row or 2 * config.max_length)
     micro_size = config.batch_size // config.grad_accum
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if micro_size % world:
+        raise UserError(f"batch_size: {config.batch_size} pairs in {config.grad_accum} micro-batches do not split "
+                        f"evenly over {world} processes; make batch-size a multiple of grad-accum × {world}")
     steps = total_steps(config, len(train_pairs))
+    main = accelerator.is_main_process
 
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, steps)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy, optimizer = accelerator.prepare(PairLogpsModule(policy, lean=not config.full_logits), optimizer)
+    unwrap = lambda: accelerator.unwrap_model(policy).model  # noqa: E731  the plain HF model
     if hasattr(reference, "model"):
         reference.model.to(accelerator.device)
 
-    resumed = restore(run_dir, config, accelerator.unwrap_model(policy), optimizer, scheduler)
+    resumed = restore(run_dir, config, unwrap(), optimizer, scheduler)
     start_step = resumed["step"]
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
-    eval_batches, eval_reference = prepare_eval(eval_pairs, collate, pad_id, micro_size, reference, accelerator.device)
-    first_eval = evaluate(policy, eval_reference, eval_batches, config) if eval_batches and start_step == 0 else {}
+    eval_batches, eval_reference = prepare_eval(eval_pairs, collate, pad_id, micro_size // world, reference, accelerator)
+    first_eval = evaluate(policy, eval_reference, eval_batches, config, accelerator) if eval_pairs and not start_step else {}
     if first_eval:
         log.write({"step": 0, **first_eval})
     last_eval = first_eval
 
     tokens_seen, skipped_steps = resumed["tokens"], resumed["skipped_nonfinite"]  # running totals continue
     started, tokens_at_start = time.time(), tokens_seen
-    bar = tqdm(total=steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True, disable=not main)
     for step in range(start_step, steps):
         step_started = time.time()
         indices = pair_order(len(train_pairs), step, config.batch_size, config.seed, lengths)
-        micro_indices = [indices[m * micro_size:(m + 1) * micro_size] for m in range(config.grad_accum)]
+        # Each process takes its share of every micro-batch; DDP averages the gradients of the shares.
+        micro_indices = [indices[m * micro_size:(m + 1) * micro_size][rank::world] for m in range(config.grad_accum)]
         micro_batches = [(collate([train_pairs[i] for i in idx], pad_id), idx) for idx in micro_indices]
         sums, step_tokens, finite = accumulate_gradients(policy, reference, micro_batches, config, accelerator)
         grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm or float("inf"))
@@ -180,15 +193,17 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
                   "skipped_nonfinite": skipped_steps,
                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                   "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
-        if eval_batches and (done == steps or config.eval_every and done % config.eval_every == 0):
-            last_eval = evaluate(policy, eval_reference, eval_batches, config)
+        if eval_pairs and (done == steps or config.eval_every and done % config.eval_every == 0):
+            last_eval = evaluate(policy, eval_reference, eval_batches, config, accelerator)
             record.update(last_eval)
         if done % config.log_every == 0 or done == steps:
             log.write(record)
         if config.save_every and done % config.save_every == 0 and done != steps:
-            save_checkpoint(run_dir, done, accelerator.unwrap_model(policy), tokenizer, optimizer, scheduler,
-                            totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps})
-            prune_checkpoints(run_dir, config.keep_checkpoints)
+            if main:
+                save_checkpoint(run_dir, done, unwrap(), tokenizer, optimizer, scheduler,
+                                totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps})
+                prune_checkpoints(run_dir, config.keep_checkpoints)
+            accelerator.wait_for_everyone()
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}",
                         tok_s=f"{(tokens_seen - tokens_at_start) / (time.time() - started):.0f}")
         bar.update(1)
@@ -199,4 +214,4 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     elapsed = time.time() - started
     return {"steps": steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
             "tokens_per_s": (tokens_seen - tokens_at_start) / max(elapsed, 1e-9), "skipped_nonfinite": skipped_steps,
-            "eval_start": first_eval, "eval_end": last_eval, "policy": accelerator.unwrap_model(policy)}
+            "eval_start": first_eval, "eval_end": last_eval, "policy": unwrap()}

@@ -29,6 +29,10 @@ def pair_metrics(out: LossOutput, policy: PairLogps) -> dict[str, torch.Tensor]:
     }
 
 
+METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+               "logps/rejected")
+
+
 class MetricSums:
     """Accumulates per-pair metric tensors and reports means."""
 
@@ -41,6 +45,18 @@ class MetricSums:
             self.sums[key] = self.sums.get(key, 0.0) + float(v.sum())
         self.count += next(iter(values.values())).numel()
 
+    def reduce(self, accelerator) -> "MetricSums":
+        """Sum over processes, so every rank reports the mean over all pairs of the step."""
+        if accelerator.num_processes == 1:
+            return self
+        keys = METRIC_KEYS  # the same keys on every rank, even one that saw no pairs: collectives must match
+        flat = torch.tensor([self.sums.get(k, 0.0) for k in keys] + [self.count], dtype=torch.float64,
+                            device=accelerator.device)
+        flat = accelerator.reduce(flat, "sum")
+        self.sums = {k: float(v) for k, v in zip(keys, flat[:-1])}
+        self.count = int(flat[-1])
+        return self
+
     def means(self, prefix: str = "") -> dict[str, float]:
         return {prefix + k: v / max(self.count, 1) for k, v in self.sums.items()}
 
@@ -48,9 +64,9 @@ class MetricSums:
 class MetricsLog:
     """Appends one JSON object per line to OUTPUT/metrics.jsonl; on resume, drops lines past the checkpoint."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
-        self.path = path
-        if resume_step is not None and path.exists():
+    def __init__(self, path: Path, resume_step: int | None = None, writer: bool = True):
+        self.path, self.writer = path, writer  # only one process writes
+        if writer and resume_step is not None and path.exists():
             records = self._read_for_resume(path)
             kept = [json.dumps(r) for r in records if r.get("step", 0) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -79,5 +95,7 @@ class MetricsLog:
         return None
 
     def write(self, record: dict) -> None:
+        if not self.writer:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
