@@ -62,6 +62,9 @@ class DPOConfig:
                                      "the reference model live every step", choices=("on", "off"))
     group_by_length: bool = opt(False, "batch pairs of similar length together (sorted within windows of 16 batches)")
     full_logits: bool = opt(False, "compute logits at every position (the obvious path) instead of only at answer tokens")
+    gradient_checkpointing: bool = opt(False, "recompute layer activations in backward: less memory, about a third more compute")
+    mixed_precision: str = opt("no", "autocast policy forward/backward in bf16 or fp16 over float32 weights (accelerate; "
+                                     "fp16 uses a loss scale)", choices=("no", "bf16", "fp16"))
     dtype: Optional[str] = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPUs that support it)",
                                choices=tuple(DTYPES))
     skip_invalid: bool = opt(False, "drop invalid rows (counted in the summary) instead of stopping")
@@ -115,6 +118,8 @@ def check_dpo_config(c: DPOConfig) -> None:
         bad("resume", "--resume continues a run and --overwrite deletes it; pick one")
     if c.tokens_per_row is not None and c.layout != "packed":
         bad("tokens_per_row", "only the packed layout uses it; add --layout packed or drop it")
+    if c.mixed_precision != "no" and c.dtype in ("bfloat16", "float16"):
+        bad("mixed_precision", "autocast needs float32 weights; use --dtype float32 with it, or drop it")
     if c.keep_checkpoints < 1:
         bad("keep_checkpoints", "must be ≥ 1 (the newest checkpoint is what --resume needs)")
     if c.learning_rate <= 0:

@@ -143,3 +143,15 @@ def test_read_only_output_location_is_one_line(tiny_model_dir, pairs_file, tmp_p
     assert main(base_args(tiny_model_dir, pairs_file, tmp_path / "ro" / "run")) == 2
     err = capsys.readouterr().err
     assert "Read-only file system" in err and err.startswith("dpokit: error:")
+
+
+def test_gradient_checkpointing_and_bf16_autocast_train(tiny_model_dir, pairs_file, tmp_path):
+    read = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    plain, ckpt, bf16 = tmp_path / "plain", tmp_path / "ckpt", tmp_path / "bf16"
+    assert main(base_args(tiny_model_dir, pairs_file, plain)) == 0
+    assert main(base_args(tiny_model_dir, pairs_file, ckpt) + ["--gradient-checkpointing"]) == 0
+    assert read(ckpt) == pytest.approx(read(plain), rel=1e-5)  # recomputation changes memory, not numbers
+    assert main(base_args(tiny_model_dir, pairs_file, bf16) + ["--mixed-precision", "bf16"]) == 0
+    got, want = read(bf16), read(plain)
+    assert got[-1] < got[0] and got != want  # it trains, and bf16 did change the arithmetic
+    assert got == pytest.approx(want, rel=0.05)

@@ -23,7 +23,10 @@ def resolve_data_path(spec: str) -> Path:
         if name not in BUNDLED:
             raise UserError(f"no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
         return Path(__file__).resolve().parent.parent / "assets" / BUNDLED[name]
-    return Path(spec).expanduser()
+    try:
+        return Path(spec).expanduser()
+    except RuntimeError:  # "~nosuchuser/..."
+        raise UserError(f"data path {spec!r}: cannot expand '~' (no such user)") from None
 
 
 def prompt_key(pair: PreferencePair) -> str:

@@ -114,11 +114,15 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     from accelerate import Accelerator
 
     started = time.time()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    from accelerate.state import AcceleratorState
+
+    # One Accelerator per run: forget a previous run's precision in this process (the process group is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process
     run_dir = prepare_run_dir(config) if main else Path(config.output)
     accelerator.wait_for_everyone()
-    dtype = config.dtype or default_dtype()
+    dtype = config.dtype or ("float32" if config.mixed_precision != "no" else default_dtype())
 
     # Data first: every data problem surfaces before minutes go into loading a model.
     model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
@@ -129,6 +133,11 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     estimated = estimate_memory(config, model_path, dtype)
     policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
                         allow_pickle=config.allow_pickle)
+    if config.gradient_checkpointing:
+        if hasattr(policy, "activation_checkpointing_enable"):  # transformers ≥ 5.2x name
+            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = setup_reference(config, model_path, policy, data, dtype, tokenizer, accelerator)
     if main:
         dump_config(config, run_dir / "config.yaml")
