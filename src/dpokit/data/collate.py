@@ -127,8 +127,9 @@ def _pack(rows: list[list[int]], pairs: list[TokenizedPair], pad_id: int) -> Pre
 COLLATORS = {"padded": collate_pairs, "shared": collate_shared}
 
 
-def collator(layout: str, pack_tokens: int):
-    """The batch builder for a layout name: padded, shared, or packed (rows of at most `pack_tokens` tokens)."""
-    if layout == "packed":
-        return lambda pairs, pad_id: collate_packed(pairs, pad_id, pack_tokens)
-    return COLLATORS[layout]
+def collator(config):
+    """The batch builder of a run's --layout: padded, shared, or packed (rows of at most --tokens-per-row)."""
+    if config.layout == "packed":
+        row_tokens = config.tokens_per_row or 2 * config.max_length
+        return lambda pairs, pad_id: collate_packed(pairs, pad_id, row_tokens)
+    return COLLATORS[config.layout]

@@ -10,16 +10,16 @@ import torch
 
 from .. import memory
 from .. import reference as ref_cache
-from ..data.collate import collator
-from ..reference import LiveReference
 from ..config import DPOConfig, dump_config
+from ..data.collate import collator
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
 from ..losses import LN2, LOSSES
-from ..report import plot_run
 from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from ..reference import LiveReference
+from ..report import plot_run
 from .checkpoint import latest_checkpoint, save_pretrained_atomic
-from .loop import pair_lengths, pair_order, total_steps, train_dpo
+from .loop import pairs_reached, train_dpo
 
 
 def prepare_run_dir(config: DPOConfig) -> Path:
@@ -84,38 +84,37 @@ def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tok
     key = ref_cache.cache_key(ref_cache.model_fingerprint(ref_path), dtype, ref_cache.data_fingerprint(splits))
     path = ref_cache.cache_path_for(key)
     tables = ref_cache.load_cache(path, key, splits).tables if path.is_file() else ref_cache.empty_tables(splits)
-    steps = total_steps(config, len(data.train))
-    lengths = pair_lengths(data.train) if config.group_by_length else None
-    used = sorted({i for step in range(steps)
-                   for i in pair_order(len(data.train), step, config.batch_size, config.seed, lengths)})
-    missing = ref_cache.missing_rows(tables, {"train": used, "eval": list(range(len(data.eval)))})
+    missing = ref_cache.missing_rows(tables, {"train": pairs_reached(config, data.train),
+                                              "eval": list(range(len(data.eval)))})
     if any(missing.values()) and not accelerator.is_main_process:
         accelerator.wait_for_everyone()  # the main process fills the cache; then read what it wrote
         return ref_cache.load_cache(path, key, splits)
     if any(missing.values()):
         model = reference_model()
-        source = model if model is not None else policy  # no --ref: the policy before its first step
-        was_training = source.training
-        source.eval()
-        device = accelerator.device
-        source.to(device)
-        collate = collator(config.layout, config.tokens_per_row or 2 * config.max_length)
-        ref_cache.fill_rows(source, tables, splits, missing, collate, tokenizer.pad_token_id,
-                            config.batch_size // config.grad_accum, lean, device)
-        source.train(was_training)
+        fill_cache(model if model is not None else policy, tables, splits, missing, config, tokenizer, accelerator)
         ref_cache.save_cache(path, key, tables, ref_path)
         del model
         accelerator.wait_for_everyone()
     return ref_cache.CachedReference(tables, path)
 
 
+def fill_cache(source, tables, splits, missing, config: DPOConfig, tokenizer, accelerator) -> None:
+    """Reference log-probs for the missing rows, from `source` in eval mode (no --ref: the untrained policy)."""
+    was_training = source.training
+    source.eval()
+    source.to(accelerator.device)
+    collate = collator(config)
+    ref_cache.fill_rows(source, tables, splits, missing, collate, tokenizer.pad_token_id,
+                        config.batch_size // config.grad_accum, not config.full_logits, accelerator.device)
+    source.train(was_training)
+
+
 def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     """One process, or one of several under `accelerate launch`: only the main process writes files."""
     from accelerate import Accelerator
-
-    started = time.time()
     from accelerate.state import AcceleratorState
 
+    started = time.time()
     # One Accelerator per run: forget a previous run's precision in this process (the process group is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)

@@ -50,6 +50,14 @@ def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
     return [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
 
 
+def pairs_reached(config, train_pairs: list[TokenizedPair]) -> list[int]:
+    """Every training pair index some step of this run will use (the reference cache fills only these)."""
+    lengths = pair_lengths(train_pairs) if config.group_by_length else None
+    steps = total_steps(config, len(train_pairs))
+    return sorted({i for step in range(steps)
+                   for i in pair_order(len(train_pairs), step, config.batch_size, config.seed, lengths)})
+
+
 def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
     """Loss of one micro-batch (mean over its pairs) and its per-pair metrics.
 
@@ -140,7 +148,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
     lengths = pair_lengths(train_pairs) if config.group_by_length else None
-    collate = collator(config.layout, config.tokens_per_row or 2 * config.max_length)
+    collate = collator(config)
     micro_size = config.batch_size // config.grad_accum
     rank, world = accelerator.process_index, accelerator.num_processes
     if micro_size % world:
