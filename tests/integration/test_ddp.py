@@ -80,3 +80,14 @@ def test_kill_and_resume_with_two_processes(tiny_model_dir, data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(0, 7))
+
+
+def test_user_error_in_two_processes_stops_both_without_hanging(tiny_model_dir, data, tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("precious")
+    started = time.time()
+    result = run(common(tiny_model_dir, data, used) + ["--nproc", 2], tmp_path / "c")
+    assert result.returncode != 0 and "in use" in result.stderr
+    assert time.time() - started < 120  # every rank stops; none waits forever at a barrier
+    assert (used / "keep.txt").read_text() == "precious"

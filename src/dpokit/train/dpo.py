@@ -22,8 +22,11 @@ from .checkpoint import latest_checkpoint, save_pretrained_atomic
 from .loop import pairs_reached, train_dpo
 
 
-def prepare_run_dir(config: DPOConfig) -> Path:
-    """Never overwrite a run unless asked: a non-empty folder needs --resume or --overwrite."""
+def prepare_run_dir(config: DPOConfig, modify: bool = True) -> Path:
+    """Never overwrite a run unless asked: a non-empty folder needs --resume or --overwrite.
+
+    Every process runs the checks (so all stop together on an error); only the one with `modify` deletes or creates.
+    """
     run_dir = Path(config.output)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output {config.output!r} is a file, not a folder")
@@ -35,7 +38,10 @@ def prepare_run_dir(config: DPOConfig) -> Path:
         if not config.overwrite:
             raise UserError(f"output folder {config.output!r} is in use; pass --overwrite to replace it, "
                             "--resume to continue it, or choose another --output")
-        shutil.rmtree(run_dir)
+        if modify:
+            shutil.rmtree(run_dir)
+    if not modify:
+        return run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -119,7 +125,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process
-    run_dir = prepare_run_dir(config) if main else Path(config.output)
+    run_dir = prepare_run_dir(config, modify=main)
     accelerator.wait_for_everyone()
     dtype = config.dtype or ("float32" if config.mixed_precision != "no" else default_dtype())
 
