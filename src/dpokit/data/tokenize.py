@@ -38,9 +38,9 @@ def _render_chat(tokenizer, messages, answer: str | None) -> str:
     return tokenizer.apply_chat_template(msgs, tokenize=False)
 
 
-def _split_ids(tokenizer, prompt_text: str, completion_text: str, *, special: bool, add_eos: bool, counts: Counter):
-    """Token ids of (prompt, completion) such that prompt ids are a prefix of the joint tokenization."""
-    prompt_ids = _ids(tokenizer, prompt_text, special=special)
+def _completion_ids(tokenizer, prompt_text: str, prompt_ids: list[int], completion_text: str, *, special: bool,
+                    add_eos: bool, counts: Counter) -> list[int]:
+    """Completion token ids such that prompt ids + these ids is the joint tokenization (where the tokenizer allows)."""
     full_ids = _ids(tokenizer, prompt_text + completion_text, special=special)
     if full_ids[: len(prompt_ids)] == prompt_ids:
         completion_ids = full_ids[len(prompt_ids):]
@@ -49,7 +49,7 @@ def _split_ids(tokenizer, prompt_text: str, completion_text: str, *, special: bo
         completion_ids = _ids(tokenizer, completion_text, special=False)
     if add_eos and (not completion_ids or completion_ids[-1] != tokenizer.eos_token_id):
         completion_ids = completion_ids + [tokenizer.eos_token_id]
-    return prompt_ids, completion_ids
+    return completion_ids
 
 
 def _texts(tokenizer, pair: PreferencePair):
@@ -75,9 +75,10 @@ def tokenize_pair(tokenizer, pair: PreferencePair, *, max_length: int, max_promp
     """Token ids of one pair, truncated by the policy above; a string explains why the pair cannot fit."""
     prompt_text, chosen_text, rejected_text, is_chat = _texts(tokenizer, pair)
     special = not is_chat  # the chat template already wrote any BOS
-    prompt_ids, chosen_ids = _split_ids(tokenizer, prompt_text, chosen_text, special=special, add_eos=not is_chat, counts=counts)
-    prompt_ids_r, rejected_ids = _split_ids(tokenizer, prompt_text, rejected_text, special=special, add_eos=not is_chat, counts=counts)
-    assert prompt_ids_r == prompt_ids  # same text, same tokenizer
+    prompt_ids = _ids(tokenizer, prompt_text, special=special)
+    chosen_ids, rejected_ids = (
+        _completion_ids(tokenizer, prompt_text, prompt_ids, text, special=special, add_eos=not is_chat, counts=counts)
+        for text in (chosen_text, rejected_text))
 
     truncated = False
     if len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length:
