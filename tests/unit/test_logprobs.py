@@ -1,28 +1,9 @@
 import torch
 
 from dpokit.data.collate import collate_pairs
-from dpokit.logprobs import batch_logps, sequence_logps, token_logps
+from dpokit.logprobs import batch_logps
 from dpokit.types import TokenizedPair
 from tiny import make_model
-
-
-def test_token_logps_equals_naive_log_softmax_gather():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 7, 50) * 4
-    labels = torch.randint(0, 50, (3, 7))
-    naive = logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(token_logps(logits, labels), naive, atol=1e-6)
-
-
-def test_sequence_logps_sums_only_completion_tokens():
-    """Sequence [a, b, c, d] with completion [c, d]: log p(c | a b) + log p(d | a b c)."""
-    torch.manual_seed(1)
-    logits = torch.randn(1, 4, 10)
-    ids = torch.tensor([[1, 2, 3, 4]])
-    mask = torch.tensor([[False, False, True, True]])
-    lp = logits.log_softmax(-1)
-    expected = lp[0, 1, 3] + lp[0, 2, 4]
-    assert torch.allclose(sequence_logps(logits, ids, mask), expected.unsqueeze(0))
 
 
 def pairs():

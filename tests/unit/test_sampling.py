@@ -28,3 +28,18 @@ def test_group_by_length_reduces_within_batch_spread():
     grouped = [i for step in range(80) for i in pair_order(640, step, b, seed=0, lengths=lengths)]
     assert sorted(grouped) == list(range(640))  # still every pair once per epoch
     assert spread(True) < 0.25 * spread(False)
+
+
+def test_pairs_reached_equals_the_union_of_every_steps_pairs():
+    from types import SimpleNamespace
+
+    from dpokit.train.loop import pairs_reached
+    from dpokit.types import TokenizedPair
+
+    pairs = [TokenizedPair((1,) * (i % 7 + 1), (2,) * (i % 5 + 1), (3,), f"p{i}") for i in range(50)]
+    for steps, grouped in ((3, False), (3, True), (7, True), (20, False)):
+        config = SimpleNamespace(max_steps=steps, epochs=1.0, batch_size=6, seed=4, group_by_length=grouped)
+        lengths = [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs] if grouped else None
+        union = sorted({i for s in range(steps) for i in pair_order(50, s, 6, 4, lengths)})
+        assert pairs_reached(config, pairs) == union
+        assert len(union) == min(50, steps * 6)

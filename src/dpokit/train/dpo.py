@@ -63,9 +63,8 @@ def check_margins(config: DPOConfig, pairs) -> None:
                             f"score_rejected); {len(missing)} pairs have none")
 
 
-def estimate_memory(config: DPOConfig, model_path, dtype: str):
+def estimate_memory(config: DPOConfig, model_path, ref_path, dtype: str):
     micro = config.batch_size // config.grad_accum
-    ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else None
     est = memory.estimate(model_path, dtype=dtype, micro_batch_pairs=micro, max_length=config.max_length,
                           separate_reference=config.reference_cache == "off", reference_path=ref_path)
     memory.check_fits(est, device="cuda" if torch.cuda.is_available() else "cpu", micro_batch_pairs=micro,
@@ -73,9 +72,10 @@ def estimate_memory(config: DPOConfig, model_path, dtype: str):
     return est
 
 
-def setup_reference(config: DPOConfig, model_path, policy, data, dtype: str, tokenizer, accelerator):
-    """Live reference model, or cached log-probs (computed now if missing; no reference kept in memory after)."""
-    ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
+def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, tokenizer, accelerator):
+    """Live reference model, or cached log-probs (computed now if missing; no reference kept in memory after).
+
+    `ref_path` is the --ref folder, or the policy's own folder when there is no --ref."""
     lean = not config.full_logits
 
     def reference_model():
@@ -135,7 +135,8 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     data = prepare_preference_data(config, tokenizer)
     check_margins(config, data.train + data.eval)
 
-    estimated = estimate_memory(config, model_path, dtype)
+    ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
+    estimated = estimate_memory(config, model_path, ref_path if config.ref else None, dtype)
     policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
                         allow_pickle=config.allow_pickle)
     if config.gradient_checkpointing:
@@ -143,7 +144,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
             policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    reference = setup_reference(config, model_path, policy, data, dtype, tokenizer, accelerator)
+    reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator)
     if main:
         dump_config(config, run_dir / "config.yaml")
 

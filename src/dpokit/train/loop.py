@@ -52,10 +52,12 @@ def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
 
 def pairs_reached(config, train_pairs: list[TokenizedPair]) -> list[int]:
     """Every training pair index some step of this run will use (the reference cache fills only these)."""
+    n = len(train_pairs)
     lengths = pair_lengths(train_pairs) if config.group_by_length else None
-    steps = total_steps(config, len(train_pairs))
-    return sorted({i for step in range(steps)
-                   for i in pair_order(len(train_pairs), step, config.batch_size, config.seed, lengths)})
+    stream = total_steps(config, n) * config.batch_size  # positions in the flat stream of epoch orders
+    if stream >= n:
+        return list(range(n))  # a whole epoch reaches every pair
+    return sorted(epoch_order(n, 0, config.seed, config.batch_size, lengths)[:stream])
 
 
 def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
