@@ -16,7 +16,8 @@ from .data.validate import load_pairs
 from .models import frozen_copy
 from .reference import LiveReference
 from .train.checkpoint import save_pretrained_atomic
-from .train.dpo import check_margins, prepare_run_dir
+from .train.dpo import check_margins
+from .train.setup import prepare_run_dir
 from .train.loop import train_dpo
 from .types import PreferencePair
 

@@ -26,47 +26,42 @@ def opt(default, help: str, **extra):
 
 
 @dataclass(frozen=True)
-class DPOConfig:
-    model: str = opt(EMBEDDED_MODEL, "policy to start from: local HF folder, .gguf file, or the embedded default")
-    ref: Optional[str] = opt(None, "reference model (default: a frozen copy of --model)")
-    data: str = opt(DEFAULT_DATA, "preference pairs: JSONL/JSON/CSV/Parquet (.gz ok) or a save_to_disk folder")
-    eval_data: Optional[str] = opt(None, "held-out pairs (default: split --eval-fraction of --data by prompt)")
+class TrainConfig:
+    """Settings every training command shares (dpo, sft, coh): data, optimizer, schedule, run folder, LoRA."""
+
+    model: str = opt(EMBEDDED_MODEL, "model to start from: local HF folder, a LoRA adapter folder, .gguf file, or the embedded default")
+    data: str = opt(DEFAULT_DATA, "training data: JSONL/JSON/CSV/Parquet (.gz ok) or a save_to_disk folder")
+    eval_data: Optional[str] = opt(None, "held-out data (default: split --eval-fraction of --data by prompt)")
     eval_fraction: Optional[float] = opt(None, "share of prompts held out when --eval-data is not given (default 0.1; 0 disables eval)")
-    max_eval_pairs: Optional[int] = opt(None, "evaluate on at most this many held-out pairs")
+    max_eval_pairs: Optional[int] = opt(None, "evaluate on at most this many held-out examples")
     output: str = opt("runs/dpo", "run folder: metrics.jsonl, config.yaml, checkpoints, final/")
-    loss: str = opt("sigmoid", "objective: " + ", ".join(LOSSES), choices=tuple(LOSSES))
-    beta: float = opt(0.1, "β: strength of the KL tie to the reference (usually 0.1–0.5)")
-    label_smoothing: float = opt(0.0, "ε for cdpo/sigmoid (conservative DPO) and robust: assumed label-flip rate")
-    odpo_alpha: float = opt(1.0, "α for odpo: offset = α·log(1 + margin)")
-    sft_weight: float = opt(0.0, "weight of a per-token NLL term on chosen answers (RPO); 0 = off")
     learning_rate: float = opt(5e-7, "peak learning rate of AdamW")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(0, "linear warm-up steps")
     lr_schedule: str = opt("linear", "decay after warm-up", choices=("linear", "cosine", "constant"))
-    batch_size: int = opt(8, "pairs per optimizer step")
+    batch_size: int = opt(8, "examples (pairs for dpo) per optimizer step")
     grad_accum: int = opt(1, "micro-batches per step (batch-size must divide by it)")
     max_grad_norm: float = opt(10.0, "clip gradients to this global norm (0 = no clipping)")
     max_length: int = opt(512, "max tokens of prompt + completion")
-    max_prompt_length: Optional[int] = opt(256, "prompt is cut from its start to this many tokens when a pair is too long")
+    max_prompt_length: Optional[int] = opt(256, "prompt is cut from its start to this many tokens when an example is too long")
     max_steps: Optional[int] = opt(None, "optimizer steps to run (overrides --epochs)")
-    epochs: float = opt(1.0, "passes over the training pairs when --max-steps is not set")
+    epochs: float = opt(1.0, "passes over the training data when --max-steps is not set")
     seed: int = opt(0, "seed for data order, split and initialisation")
     eval_every: int = opt(0, "evaluate every N steps (0 = only at start and end)")
     save_every: int = opt(0, "checkpoint every N steps (0 = only the final model)")
-    layout: str = opt("shared", "batch layout: shared = one [prompt|chosen|rejected] row per pair (prompt computed once); "
-                                "packed = several such blocks per row up to --tokens-per-row (no padding); "
-                                "padded = prompt+chosen and prompt+rejected rows", choices=("shared", "packed", "padded"))
-    tokens_per_row: Optional[int] = opt(None, "packed layout: token budget of one row (default 2 × max_length)")
-    reference_cache: str = opt("on", "on: reference log-probs computed once, stored under the cache folder and reused by "
-                                     "later runs and epochs (no reference model in memory while training); off: run "
-                                     "the reference model live every step", choices=("on", "off"))
-    group_by_length: bool = opt(False, "batch pairs of similar length together (sorted within windows of 16 batches)")
+    group_by_length: bool = opt(False, "batch examples of similar length together (sorted within windows of 16 batches)")
     full_logits: bool = opt(False, "compute logits at every position (the obvious path) instead of only at answer tokens")
     gradient_checkpointing: bool = opt(False, "recompute layer activations in backward: less memory, about a third more compute")
-    mixed_precision: str = opt("no", "autocast policy forward/backward in bf16 or fp16 over float32 weights (accelerate; "
+    mixed_precision: str = opt("no", "autocast forward/backward in bf16 or fp16 over float32 weights (accelerate; "
                                      "fp16 uses a loss scale)", choices=("no", "bf16", "fp16"))
     dtype: Optional[str] = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPUs that support it)",
                                choices=tuple(DTYPES))
+    lora_r: int = opt(0, "LoRA rank; 0 = train every weight. With LoRA the reference is the model with adapters off (no copy)")
+    lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA branch")
+    lora_targets: str = opt("all-linear", "modules that get adapters: all-linear (every linear layer but the LM head) or "
+                                          "a comma-separated list of module names, e.g. q_proj,v_proj")
+    load_in_4bit: bool = opt(False, "QLoRA: load the frozen base in 4-bit NF4 (needs --lora-r, a CUDA GPU and bitsandbytes)")
     skip_invalid: bool = opt(False, "drop invalid rows (counted in the summary) instead of stopping")
     skip_nonfinite: bool = opt(False, "skip (and count) a step whose loss or gradient is NaN/inf instead of stopping")
     keep_checkpoints: int = opt(2, "keep the newest K checkpoints (older ones are deleted after a new one is written)")
@@ -77,13 +72,55 @@ class DPOConfig:
     log_every: int = opt(1, "write a metrics line every N steps")
 
     def __post_init__(self):
-        check_dpo_config(self)
+        check_train_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def check_dpo_config(c: DPOConfig) -> None:
+@dataclass(frozen=True)
+class DPOConfig(TrainConfig):
+    ref: Optional[str] = opt(None, "reference model (default: --model before training; with LoRA, --model with adapters off)")
+    data: str = opt(DEFAULT_DATA, "preference pairs: JSONL/JSON/CSV/Parquet (.gz ok) or a save_to_disk folder")
+    loss: str = opt("sigmoid", "objective: " + ", ".join(LOSSES), choices=tuple(LOSSES))
+    beta: float = opt(0.1, "β: strength of the KL tie to the reference (usually 0.1–0.5)")
+    label_smoothing: float = opt(0.0, "ε for cdpo/sigmoid (conservative DPO) and robust: assumed label-flip rate")
+    odpo_alpha: float = opt(1.0, "α for odpo: offset = α·log(1 + margin)")
+    sft_weight: float = opt(0.0, "weight of a per-token NLL term on chosen answers (RPO); 0 = off")
+    layout: str = opt("shared", "batch layout: shared = one [prompt|chosen|rejected] row per pair (prompt computed once); "
+                                "packed = several such blocks per row up to --tokens-per-row (no padding); "
+                                "padded = prompt+chosen and prompt+rejected rows", choices=("shared", "packed", "padded"))
+    tokens_per_row: Optional[int] = opt(None, "packed layout: token budget of one row (default 2 × max_length)")
+    reference_cache: str = opt("on", "on: reference log-probs computed once, stored under the cache folder and reused by "
+                                     "later runs and epochs (no reference model in memory while training); off: run "
+                                     "the reference model live every step", choices=("on", "off"))
+
+    def __post_init__(self):
+        check_train_config(self)
+        check_dpo_config(self)
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainConfig):
+    data: str = opt(DEFAULT_DATA, "examples: prompt/completion, messages, Alpaca (instruction/input/output), ShareGPT "
+                                  "conversations, or preference pairs (their chosen answers: Preferred-FT)")
+    output: str = opt("runs/sft", "run folder: metrics.jsonl, config.yaml, checkpoints, final/")
+    learning_rate: float = opt(2e-5, "peak learning rate of AdamW")
+    max_prompt_length: Optional[int] = opt(None, "when an example is too long, its prompt is cut from its start to this "
+                                                 "many tokens (default: half of max_length)")
+    packing: bool = opt(False, "pack several examples per row up to --tokens-per-row (no padding; examples never see each other)")
+    tokens_per_row: Optional[int] = opt(None, "with --packing: token budget of one row (default 2 × max_length)")
+
+
+@dataclass(frozen=True)
+class CoHConfig(SFTConfig):
+    data: str = opt(DEFAULT_DATA, "preference pairs: each becomes feedback-conditioned sequences (both orders)")
+    output: str = opt("runs/coh", "run folder: metrics.jsonl, config.yaml, checkpoints, final/")
+    positive: str = opt("A helpful answer:", "feedback phrase before the chosen answer (and, at inference, before generation)")
+    negative: str = opt("An unhelpful answer:", "feedback phrase before the rejected answer")
+
+
+def check_train_config(c: TrainConfig) -> None:
     def bad(key: str, why: str):
         raise UserError(f"config: {key}: {why}")
 
@@ -91,19 +128,8 @@ def check_dpo_config(c: DPOConfig) -> None:
         value = getattr(c, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             bad(f.name, f"must be a finite number, got {value}")
-    spec = LOSSES.get(c.loss)
-    if spec is None:
-        bad("loss", f"unknown loss {c.loss!r}; choose one of {', '.join(LOSSES)}")
-    if c.beta <= 0:
-        bad("beta", f"must be > 0, got {c.beta}")
-    if c.label_smoothing and not spec.uses_label_smoothing:
-        bad("label_smoothing", f"the {c.loss!r} loss does not use it; use --loss cdpo or robust, or drop it")
-    if not 0 <= c.label_smoothing < 0.5:
-        bad("label_smoothing", f"must be in [0, 0.5), got {c.label_smoothing}")
-    if c.loss != "odpo" and c.odpo_alpha != 1.0:
-        bad("odpo_alpha", "only the odpo loss uses it")
     if c.batch_size < 1 or c.grad_accum < 1 or c.batch_size % c.grad_accum:
-        bad("batch_size", f"{c.batch_size} pairs per step must split into grad_accum={c.grad_accum} equal micro-batches")
+        bad("batch_size", f"{c.batch_size} examples per step must split into grad_accum={c.grad_accum} equal micro-batches")
     if c.max_prompt_length is not None and c.max_prompt_length >= c.max_length:
         bad("max_prompt_length", f"{c.max_prompt_length} must be below max_length={c.max_length} to leave room for answers")
     if c.max_steps is not None and c.max_steps < 1:
@@ -116,14 +142,38 @@ def check_dpo_config(c: DPOConfig) -> None:
         bad("eval_fraction", "give either --eval-data or --eval-fraction, not both")
     if c.resume and c.overwrite:
         bad("resume", "--resume continues a run and --overwrite deletes it; pick one")
-    if c.tokens_per_row is not None and c.layout != "packed":
-        bad("tokens_per_row", "only the packed layout uses it; add --layout packed or drop it")
     if c.mixed_precision != "no" and c.dtype in ("bfloat16", "float16"):
         bad("mixed_precision", "autocast needs float32 weights; use --dtype float32 with it, or drop it")
     if c.keep_checkpoints < 1:
         bad("keep_checkpoints", "must be ≥ 1 (the newest checkpoint is what --resume needs)")
     if c.learning_rate <= 0:
         bad("learning_rate", "must be > 0")
+    if c.lora_r < 0:
+        bad("lora_r", "must be ≥ 0 (0 = no LoRA)")
+    if not 0 <= c.lora_dropout < 1:
+        bad("lora_dropout", "must be in [0, 1)")
+    if c.load_in_4bit and not c.lora_r:
+        bad("load_in_4bit", "QLoRA trains adapters on a frozen 4-bit base; add --lora-r (e.g. 16)")
+    if getattr(c, "tokens_per_row", None) is not None and not (getattr(c, "layout", None) == "packed"
+                                                                or getattr(c, "packing", False)):
+        bad("tokens_per_row", "only packed rows use it; add --layout packed (dpo) or --packing (sft), or drop it")
+
+
+def check_dpo_config(c: DPOConfig) -> None:
+    def bad(key: str, why: str):
+        raise UserError(f"config: {key}: {why}")
+
+    spec = LOSSES.get(c.loss)
+    if spec is None:
+        bad("loss", f"unknown loss {c.loss!r}; choose one of {', '.join(LOSSES)}")
+    if c.beta <= 0:
+        bad("beta", f"must be > 0, got {c.beta}")
+    if c.label_smoothing and not spec.uses_label_smoothing:
+        bad("label_smoothing", f"the {c.loss!r} loss does not use it; use --loss cdpo or robust, or drop it")
+    if not 0 <= c.label_smoothing < 0.5:
+        bad("label_smoothing", f"must be in [0, 0.5), got {c.label_smoothing}")
+    if c.loss != "odpo" and c.odpo_alpha != 1.0:
+        bad("odpo_alpha", "only the odpo loss uses it")
 
 
 def _field_type(cls, f) -> type:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .losses import PairLogps
-from .types import PreferenceBatch
+from .types import PreferenceBatch, SequenceBatch
 
 CHUNK_ROWS = 1024  # completion positions per LM-head chunk: (1024 × V) float32 logits at a time
 
@@ -109,3 +109,23 @@ class PairLogpsModule(torch.nn.Module):
 
     def forward(self, batch: PreferenceBatch) -> PairLogps:
         return batch_logps(self.model, batch, lean=self.lean)
+
+
+def sequence_logps(model, batch: SequenceBatch, lean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of each SFT example's trained tokens and their counts, (B,) each."""
+    token_lp = completion_logps(model, batch.input_ids, batch.attention_mask, batch.sources, batch.targets,
+                                position_ids=batch.position_ids, lean=lean)  # (K,)
+    b = batch.num_examples
+    sums = torch.zeros(b, dtype=token_lp.dtype, device=token_lp.device).index_add(0, batch.owners, token_lp)
+    return sums, torch.bincount(batch.owners, minlength=b)
+
+
+class SequenceLogpsModule(torch.nn.Module):
+    """The SFT counterpart of PairLogpsModule: forward returns (summed log-probs, token counts) per example."""
+
+    def __init__(self, model, lean: bool = True):
+        super().__init__()
+        self.model, self.lean = model, lean
+
+    def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return sequence_logps(self.model, batch, lean=self.lean)

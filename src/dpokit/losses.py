@@ -97,6 +97,14 @@ def chosen_nll(policy: PairLogps) -> torch.Tensor:
     return -policy.chosen / policy.chosen_tokens.clamp(min=1)
 
 
+def sft_nll(logps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Supervised fine-tuning: mean negative log-likelihood per trained token over the batch (as HF/TRL SFT).
+
+    ``logps`` (B,) summed log-probs of each example's trained tokens, ``tokens`` (B,) their counts.
+    """
+    return -logps.sum() / tokens.sum().clamp(min=1)
+
+
 LossFn = Callable[..., LossOutput]
 
 

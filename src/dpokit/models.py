@@ -77,6 +77,9 @@ def resolve_model_path(spec: str, *, allow_pickle: bool = False) -> Path:
         if path.suffix != ".gguf":
             raise UserError(f"model path {spec!r} is a file but not .gguf; give a Hugging Face model folder or a .gguf file")
         return _convert_gguf(path)
+    if is_adapter_dir(path):
+        adapter_base(path)  # the base it adapts must be here too
+        return path
     if not (path / "config.json").is_file():
         raise UserError(f"model folder {spec!r} has no config.json; is it a Hugging Face model folder?")
     has_weights = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
@@ -93,6 +96,8 @@ def resolve_model_path(spec: str, *, allow_pickle: bool = False) -> Path:
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").is_file():
+        path = adapter_base(path)  # an adapter saved without its tokenizer uses the base's
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise UserError(f"the tokenizer in {path} has no EOS token; set eos_token in tokenizer_config.json")
@@ -102,14 +107,26 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
 
 
 def load_model(path: Path, *, dtype: str = "float32", trust_remote_code: bool = False, train: bool = True,
-               allow_pickle: bool = False):
-    """A causal LM in the given dtype, dropout off (DPO's log-ratios must be deterministic)."""
+               allow_pickle: bool = False, quantization=None):
+    """A causal LM in the given dtype, dropout off (DPO's log-ratios must be deterministic).
+
+    An adapter folder loads as its base with the adapter merged in (for inference and as a reference)."""
     from transformers import AutoModelForCausalLM
 
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = load_model(adapter_base(path), dtype=dtype, trust_remote_code=trust_remote_code, train=False,
+                          allow_pickle=allow_pickle)
+        model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        model.train(train)
+        model.requires_grad_(train)
+        return model
+    extra = {"quantization_config": quantization} if quantization is not None else {}
     # use_safetensors=None: transformers prefers safetensors and loads .bin with torch.load(weights_only=True).
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype],
                                                  use_safetensors=None if allow_pickle else True,
-                                                 trust_remote_code=trust_remote_code)
+                                                 trust_remote_code=trust_remote_code, **extra)
     disable_dropout(model)
     if train:
         model.train()
@@ -136,3 +153,88 @@ def frozen_copy(model):
     reference.eval()
     reference.requires_grad_(False)
     return reference
+
+
+# ---- LoRA (peft): the reference is the same model with its adapters switched off, never a second copy ----
+
+def is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: Path) -> Path:
+    """The full model folder a LoRA adapter folder was trained on (recorded as an absolute path)."""
+    import json
+
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    base = cfg.get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise UserError(f"{path}/adapter_config.json: base_model_name_or_path {base!r} is not a local model folder; "
+                        "set it to the folder of the model the adapter was trained on")
+    return Path(base)
+
+
+def lora_config(config):
+    from peft import LoraConfig
+
+    targets = config.lora_targets
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def check_qlora() -> None:
+    """QLoRA needs bitsandbytes' 4-bit kernels, which need a CUDA GPU."""
+    if not torch.cuda.is_available():
+        raise UserError("--load-in-4bit (QLoRA) needs a CUDA GPU; none is visible. Drop --load-in-4bit to train "
+                        "LoRA over full-precision weights")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("--load-in-4bit (QLoRA) needs the bitsandbytes package: pip install bitsandbytes")
+
+
+def load_policy(path: Path, config, dtype: str):
+    """The model to train: full weights, a new LoRA adapter on them, or an adapter folder to continue training.
+
+    With LoRA only the adapters train; the frozen base doubles as the reference (adapters off) or, when continuing
+    from an adapter (SFT → DPO), the reference is that adapter as it was before training (cached reference).
+    """
+    quantization = None
+    if config.load_in_4bit:
+        check_qlora()
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=DTYPES[dtype])
+    continuing = is_adapter_dir(path)
+    base_path = adapter_base(path) if continuing else path
+    model = load_model(base_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
+                       allow_pickle=config.allow_pickle, quantization=quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    if continuing:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        if not config.lora_r:  # full fine-tuning from an adapter: fold it into the weights first
+            model = model.merge_and_unload()
+    elif config.lora_r:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(config))
+    if hasattr(model, "peft_config"):
+        for adapter in model.peft_config.values():  # so the saved adapter finds its base from anywhere
+            adapter.base_model_name_or_path = str(Path(base_path).resolve())
+    if config.gradient_checkpointing:
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # frozen embeddings (LoRA) must still pass gradients back
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if hasattr(inner, "activation_checkpointing_enable"):  # transformers ≥ 5.2x name
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")

@@ -32,6 +32,22 @@ class LiveReference:
         return batch_logps(self.model, batch, lean=self.lean)
 
 
+class AdaptersOffReference:
+    """The LoRA policy with its adapters switched off: the base model as reference, without a second copy."""
+
+    def __init__(self, peft_model, lean: bool = True):
+        self.peft_model, self.lean = peft_model, lean
+
+    @torch.no_grad()
+    def logps(self, batch, split: str, indices: list[int]) -> PairLogps:
+        was_training = self.peft_model.training
+        self.peft_model.eval()
+        with self.peft_model.disable_adapter():
+            out = batch_logps(self.peft_model, batch, lean=self.lean)
+        self.peft_model.train(was_training)
+        return out
+
+
 @dataclass
 class CachedReference:
     """Reference log-probs of every pair, looked up by split and pair index; no model in memory."""
@@ -60,10 +76,18 @@ def _file_digest(path: Path, memo: dict) -> str:
 
 
 def model_fingerprint(model_dir: Path) -> str:
+    """Digest of a model folder's weights and config; a LoRA adapter folder adds its adapter to its base's."""
+    from .models import adapter_base, is_adapter_dir
+
     memo_path = cache_dir() / "file-digests.json"
     memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
     h = hashlib.sha256()
-    for f in sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]:
+    if is_adapter_dir(model_dir):
+        h.update(model_fingerprint(adapter_base(model_dir)).encode())
+        files = sorted(model_dir.glob("adapter_model*.safetensors")) + [model_dir / "adapter_config.json"]
+    else:
+        files = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]
+    for f in files:
         h.update(f.name.encode() + _file_digest(f, memo).encode())
     memo_path.parent.mkdir(parents=True, exist_ok=True)
     memo_path.write_text(json.dumps(memo))

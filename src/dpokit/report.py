@@ -13,6 +13,13 @@ PANELS = (
     ("logps/chosen", "log π(chosen)  [dashed: rejected]"),
 )
 
+SFT_PANELS = (
+    ("loss", "SFT loss (NLL per answer token)"),
+    ("grad_norm", "gradient norm"),
+    ("lr", "learning rate"),
+    ("tokens_per_s", "tokens/s"),
+)
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
@@ -29,8 +36,9 @@ def plot_run(run_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_metrics(run_dir)
+    panels = PANELS if any("rewards/accuracies" in r for r in records) else SFT_PANELS
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    for ax, (key, title) in zip(axes.flat, PANELS):
+    for ax, (key, title) in zip(axes.flat, panels):
         for prefix, style, label in (("", "-", "train"), ("eval/", "o-", "held-out")):
             rows = [r for r in records if prefix + key in r]
             if rows:

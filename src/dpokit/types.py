@@ -80,3 +80,59 @@ class LossOutput:
     losses: torch.Tensor  # (B,)
     chosen_rewards: torch.Tensor  # (B,) detached
     rejected_rewards: torch.Tensor  # (B,) detached
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised example: a prompt (plain text or chat messages) and an answer made of segments.
+
+    ``segments`` are (text, trained) pieces of the answer in order. Plain SFT has one trained segment; Chain of
+    Hindsight interleaves untrained feedback phrases with trained answers.
+    """
+
+    prompt: Union[str, tuple]
+    segments: tuple[tuple[str, bool], ...]
+    origin: str
+
+    @property
+    def is_conversational(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+    @property
+    def answer(self) -> str:
+        return "".join(text for text, _ in self.segments)
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """Token ids of one SFT example and which of them carry loss (``trained[i]`` is about ``input_ids[i]``)."""
+
+    input_ids: tuple[int, ...]
+    trained: tuple[bool, ...]
+    origin: str
+    truncated: bool = False
+
+
+@dataclass
+class SequenceBatch:
+    """B SFT examples, padded (B rows) or packed (several per row, block-diagonal mask, restarted positions).
+
+    As in PreferenceBatch: the token at flat index ``targets[k]`` is predicted from flat position ``sources[k]``
+    and belongs to example ``owners[k]``; only trained tokens are listed.
+    """
+
+    input_ids: torch.Tensor  # (rows, T)
+    attention_mask: torch.Tensor  # (rows, T) or (rows, 1, T, T) bool
+    sources: torch.Tensor  # (K,)
+    targets: torch.Tensor  # (K,)
+    owners: torch.Tensor  # (K,) in [0, B)
+    num_examples: int
+    num_tokens: int  # non-padding tokens
+    origins: list[str]
+    position_ids: torch.Tensor | None = None
+
+    def to(self, device) -> "SequenceBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return SequenceBatch(move(self.input_ids), move(self.attention_mask), move(self.sources), move(self.targets),
+                             move(self.owners), self.num_examples, self.num_tokens, self.origins,
+                             move(self.position_ids))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..types import PreferenceBatch, TokenizedPair
+from ..types import PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
 
 
 def _margins(pairs: list[TokenizedPair]) -> torch.Tensor | None:
@@ -133,3 +133,55 @@ def collator(config):
         row_tokens = config.tokens_per_row or 2 * config.max_length
         return lambda pairs, pad_id: collate_packed(pairs, pad_id, row_tokens)
     return COLLATORS[config.layout]
+
+
+def collate_sequences(examples: list[TokenizedExample], pad_id: int, row_tokens: int | None = None) -> SequenceBatch:
+    """SFT examples → one SequenceBatch: one padded row each, or (with `row_tokens`) packed rows.
+
+    Worked example (pad_id=0), two examples, trained tokens marked *:
+        (5, 6, 7*, 8*)   and   (5, 9*)
+    padded:  input_ids = [[5, 6, 7, 8], [5, 9, 0, 0]], targets = [2, 3, 5], sources = [1, 2, 4], owners = [0, 0, 1]
+    packed (row_tokens=6): input_ids = [[5, 6, 7, 8, 5, 9]], position_ids = [[0, 1, 2, 3, 0, 1]], a block-diagonal
+    causal mask (the second example never sees the first), targets = [2, 3, 5], sources = [1, 2, 4].
+    """
+    sizes = [len(e.input_ids) for e in examples]
+    if row_tokens is None:
+        rows = [[i] for i in range(len(examples))]
+    else:
+        rows, room = [], []
+        for i in sorted(range(len(examples)), key=lambda i: -sizes[i]):  # first fit, longest first
+            r = next((r for r, free in enumerate(room) if sizes[i] <= free), None)
+            if r is None:
+                rows.append([i])
+                room.append(max(row_tokens, sizes[i]) - sizes[i])
+            else:
+                rows[r].append(i)
+                room[r] -= sizes[i]
+    width = max(sum(sizes[i] for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    block = torch.full((len(rows), width), -1, dtype=torch.long)
+    sources, targets, owners = [], [], []
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e, n = examples[i], sizes[i]
+            input_ids[r, at:at + n] = torch.tensor(e.input_ids, dtype=torch.long)
+            position_ids[r, at:at + n] = torch.arange(n)
+            block[r, at:at + n] = i
+            picked = [t for t in range(1, n) if e.trained[t]]
+            targets += [r * width + at + t for t in picked]
+            sources += [r * width + at + t - 1 for t in picked]
+            owners += [i] * len(picked)
+            at += n
+    if row_tokens is None:
+        attention_mask, position_ids = (block >= 0).long(), None
+    else:
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        attention_mask = causal & (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
+        attention_mask |= torch.eye(width, dtype=torch.bool) & (block[:, :, None] < 0)  # padding sees itself
+        attention_mask = attention_mask[:, None]
+    return SequenceBatch(input_ids, attention_mask, torch.tensor(sources, dtype=torch.long),
+                         torch.tensor(targets, dtype=torch.long), torch.tensor(owners, dtype=torch.long),
+                         num_examples=len(examples), num_tokens=sum(sizes), origins=[e.origin for e in examples],
+                         position_ids=position_ids)

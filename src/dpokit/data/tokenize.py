@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import DataError
-from ..types import PreferencePair, TokenizedPair
+from ..types import PreferencePair, SFTExample, TokenizedExample, TokenizedPair
 
 
 @dataclass
@@ -115,3 +115,85 @@ def tokenize_pairs(tokenizer, pairs: list[PreferencePair], *, max_length: int, m
         else:
             report.pairs.append(result)
     return report
+
+
+def _example_pieces(tokenizer, example: SFTExample) -> tuple[str, list[tuple[str, bool]], bool]:
+    """(prompt_text, answer pieces with their trained flags, is_chat). With a chat template, what the template
+    writes after the answer (end-of-turn tokens) is trained, so the model learns to stop."""
+    if not example.is_conversational:
+        return example.prompt, list(example.segments), False
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{example.origin}: conversational example, but the tokenizer has no chat template; "
+                        "use plain-text prompts or a model whose tokenizer_config.json has a chat_template")
+    prompt_text = _render_chat(tokenizer, example.prompt, None)
+    full = _render_chat(tokenizer, example.prompt, example.answer)
+    at = full.find(example.answer, len(prompt_text)) if full.startswith(prompt_text) else -1
+    if at < 0:
+        raise DataError(f"{example.origin}: the chat template does not render the prompt as a prefix of prompt + "
+                        "answer, or changes the answer's text; cannot tell which tokens are the answer")
+    end = at + len(example.answer)
+    pieces = [(full[len(prompt_text):at], False), *example.segments, (full[end:], True)]
+    return prompt_text, pieces, True
+
+
+def tokenize_example(tokenizer, example: SFTExample, *, max_length: int, max_prompt_length: int | None,
+                     counts: Counter) -> TokenizedExample | str:
+    """Token ids of prompt + answer pieces and, per token, whether it carries loss (prompt never does).
+
+    Each piece's tokens are what tokenizing the text so far adds (where the tokenizer keeps the earlier tokens
+    as a prefix; otherwise the piece is tokenized alone and counted as ``boundary_retokenized``). Plain-text
+    examples end with a trained EOS. Truncation: the prompt is cut from its start to ``max_prompt_length`` (None:
+    half of ``max_length``), then the sequence from its end to ``max_length``.
+    """
+    prompt_text, pieces, is_chat = _example_pieces(tokenizer, example)
+    special = not is_chat
+    ids = _ids(tokenizer, prompt_text, special=special)
+    n_prompt = len(ids)
+    trained = [False] * n_prompt
+    text = prompt_text
+    for piece, train in pieces:
+        if not piece:
+            continue
+        joint = _ids(tokenizer, text + piece, special=special)
+        if joint[: len(ids)] == ids:
+            new = joint[len(ids):]
+        else:
+            counts["boundary_retokenized"] += 1
+            new = _ids(tokenizer, piece, special=False)
+        ids += new
+        trained += [train] * len(new)
+        text += piece
+    if not is_chat:
+        ids.append(tokenizer.eos_token_id)
+        trained.append(True)
+
+    truncated = False
+    if len(ids) > max_length:
+        prompt_cap = max_prompt_length if max_prompt_length is not None else max_length // 2
+        if n_prompt > prompt_cap:
+            cut = n_prompt - prompt_cap
+            ids, trained = ids[cut:], trained[cut:]
+            counts["truncated_prompt"] += 1
+        if len(ids) > max_length:
+            ids, trained = ids[:max_length], trained[:max_length]
+            counts["truncated_completion"] += 1
+        truncated = True
+    if not any(trained[1:]):  # position 0 has nothing before it to predict it from
+        return (f"{example.origin}: no answer tokens left within max_length={max_length} (prompt "
+                f"{n_prompt} tokens); raise --max-length or lower --max-prompt-length")
+    return TokenizedExample(tuple(ids), tuple(trained), example.origin, truncated)
+
+
+def tokenize_examples(tokenizer, examples: list[SFTExample], *, max_length: int, max_prompt_length: int | None,
+                      skip_invalid: bool) -> tuple[list[TokenizedExample], Counter]:
+    out, counts = [], Counter()
+    for example in examples:
+        result = tokenize_example(tokenizer, example, max_length=max_length, max_prompt_length=max_prompt_length,
+                                  counts=counts)
+        if isinstance(result, str):
+            if not skip_invalid:
+                raise DataError(result + " (or pass --skip-invalid to drop such rows)")
+            counts["dropped_too_long"] += 1
+        else:
+            out.append(result)
+    return out, counts

@@ -68,7 +68,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     weights = {}
     for shard in sorted(path.glob("*.safetensors")):
         weights.update(load_file(shard))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if hasattr(model, "peft_config"):  # a LoRA checkpoint holds the adapter weights only
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, weights)
+        missing, unexpected = [], list(result.unexpected_keys)
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {name for name in missing if "lm_head" in name}  # tied to the embeddings, saved once
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

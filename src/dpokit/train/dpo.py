@@ -15,44 +15,12 @@ from ..data.collate import collator
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
 from ..losses import LN2, LOSSES
-from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
-from ..reference import LiveReference
+from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, load_tokenizer, resolve_model_path
+from ..reference import AdaptersOffReference, LiveReference
 from ..report import plot_run
-from .checkpoint import latest_checkpoint, save_pretrained_atomic
+from .checkpoint import save_pretrained_atomic
 from .loop import pairs_reached, train_dpo
-
-
-def prepare_run_dir(config: DPOConfig, modify: bool = True) -> Path:
-    """Never overwrite a run unless asked: a non-empty folder needs --resume or --overwrite.
-
-    Every process runs the checks (so all stop together on an error); only the one with `modify` deletes or creates.
-    """
-    run_dir = Path(config.output)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"output {config.output!r} is a file, not a folder")
-    in_use = run_dir.exists() and any(run_dir.iterdir())
-    if config.resume:
-        if not in_use or latest_checkpoint(run_dir) is None:
-            raise UserError(f"--resume: no checkpoint in {config.output!r} to resume from (save with --save-every N)")
-    elif in_use:
-        if not config.overwrite:
-            raise UserError(f"output folder {config.output!r} is in use; pass --overwrite to replace it, "
-                            "--resume to continue it, or choose another --output")
-        if modify:
-            shutil.rmtree(run_dir)
-    if not modify:
-        return run_dir
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {config.output!r}: {e.strerror}") from None
-    return run_dir
-
-
-def default_dtype() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bfloat16"
-    return "float32"
+from .setup import default_dtype, make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype  # noqa: F401
 
 
 def check_margins(config: DPOConfig, pairs) -> None:
@@ -65,6 +33,8 @@ def check_margins(config: DPOConfig, pairs) -> None:
 
 def estimate_memory(config: DPOConfig, model_path, ref_path, dtype: str):
     micro = config.batch_size // config.grad_accum
+    model_path = adapter_base(model_path) if is_adapter_dir(model_path) else model_path  # LoRA: counted as full, the safe side
+    ref_path = adapter_base(ref_path) if ref_path is not None and is_adapter_dir(ref_path) else ref_path
     est = memory.estimate(model_path, dtype=dtype, micro_batch_pairs=micro, max_length=config.max_length,
                           separate_reference=config.reference_cache == "off", reference_path=ref_path)
     memory.check_fits(est, device="cuda" if torch.cuda.is_available() else "cpu", micro_batch_pairs=micro,
@@ -85,7 +55,13 @@ def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, token
                           allow_pickle=config.allow_pickle)
 
     if config.reference_cache == "off":
-        return LiveReference(reference_model() or frozen_copy(policy), lean=lean)
+        model = reference_model()
+        if model is None and is_peft(policy):
+            if is_adapter_dir(ref_path):
+                raise UserError("continuing from a LoRA adapter uses that adapter, before training, as the reference: "
+                                "keep --reference-cache on (the default), or give --ref a merged model folder")
+            return AdaptersOffReference(policy, lean=lean)  # the base: no second copy of the weights
+        return LiveReference(model if model is not None else frozen_copy(policy), lean=lean)
     splits = {"train": data.train, "eval": data.eval}
     key = ref_cache.cache_key(ref_cache.model_fingerprint(ref_path), dtype, ref_cache.data_fingerprint(splits))
     path = ref_cache.cache_path_for(key)
@@ -117,17 +93,12 @@ def fill_cache(source, tables, splits, missing, config: DPOConfig, tokenizer, ac
 
 def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     """One process, or one of several under `accelerate launch`: only the main process writes files."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     started = time.time()
-    # One Accelerator per run: forget a previous run's precision in this process (the process group is kept).
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     run_dir = prepare_run_dir(config, modify=main)
     accelerator.wait_for_everyone()
-    dtype = config.dtype or ("float32" if config.mixed_precision != "no" else default_dtype())
+    dtype = run_dtype(config)
 
     # Data first: every data problem surfaces before minutes go into loading a model.
     model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
@@ -137,13 +108,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
 
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
     estimated = estimate_memory(config, model_path, ref_path if config.ref else None, dtype)
-    policy = load_model(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
-                        allow_pickle=config.allow_pickle)
-    if config.gradient_checkpointing:
-        if hasattr(policy, "activation_checkpointing_enable"):  # transformers ≥ 5.2x name
-            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy = load_policy(model_path, config, dtype)
     reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator)
     if main:
         dump_config(config, run_dir / "config.yaml")
@@ -163,12 +128,6 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     if not quiet:
         print(format_summary(summary))
     return summary
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def format_summary(s: dict) -> str:

@@ -1,4 +1,7 @@
-"""The DPO training loop, top to bottom: schedule → eval/checkpoint → micro-steps → clip → step → log."""
+"""The one training loop, top to bottom: schedule → eval/checkpoint → micro-steps → clip → step → log.
+
+DPO, SFT and Chain of Hindsight differ only in the objective handed to `train_loop` (train/objectives.py).
+"""
 from __future__ import annotations
 
 import math
@@ -8,13 +11,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import collator
-from ..logprobs import PairLogpsModule
-from ..losses import LOSSES, PairLogps, chosen_nll
-from ..types import PreferenceBatch, TokenizedPair
 from ..errors import NonFiniteError, UserError
+from ..types import TokenizedPair
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .metrics import MetricsLog, MetricSums, pair_metrics
+from .metrics import MetricsLog, MetricSums
+from .objectives import DPOObjective, objective  # noqa: F401  (objective: the DPO loss of one batch, used by tests)
 
 
 GROUP_WINDOW_BATCHES = 16  # length grouping sorts within windows of this many batches, keeping the order random
@@ -47,7 +48,7 @@ def pair_order(num_pairs: int, step: int, batch_size: int, seed: int, lengths: l
 
 
 def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
-    return [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
+    return [DPOObjective.length(p) for p in pairs]
 
 
 def pairs_reached(config, train_pairs: list[TokenizedPair]) -> list[int]:
@@ -60,31 +61,18 @@ def pairs_reached(config, train_pairs: list[TokenizedPair]) -> list[int]:
     return sorted(epoch_order(n, 0, config.seed, config.batch_size, lengths)[:stream])
 
 
-def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
-    """Loss of one micro-batch (mean over its pairs) and its per-pair metrics.
-
-    `policy_model` is a PairLogpsModule (possibly inside a DDP wrapper): calling it gives the pair log-probs.
-    """
-    policy = policy_model(batch)
-    out = LOSSES[config.loss].fn(policy, reference_logps, beta=config.beta, label_smoothing=config.label_smoothing,
-                                 margins=batch.margins, odpo_alpha=config.odpo_alpha)
-    losses = out.losses
-    if config.sft_weight:
-        losses = losses + config.sft_weight * chosen_nll(policy)
-    return losses.mean(), pair_metrics(out, policy)
-
-
 @torch.no_grad()
-def evaluate(policy_model, reference_cache: list[PairLogps], batches: list[PreferenceBatch], config,
-             accelerator) -> dict[str, float]:
-    was_training = policy_model.training
-    policy_model.eval()
+def evaluate(module, objective, batches: list, accelerator) -> dict[str, float]:
+    """Mean metrics over this run's held-out batches (`batches`: (batch, indices) pairs), gathered over ranks."""
+    was_training = module.training
+    module.eval()
     sums = MetricSums()
-    for batch, ref in zip(batches, reference_cache):
-        _, metrics = objective(policy_model, ref, batch, config)
+    for batch, indices in batches:
+        _, metrics = objective(module, batch, "eval", indices)
         sums.add(metrics)
-    policy_model.train(was_training)
-    return sums.reduce(accelerator).means(prefix="eval/")
+    module.train(was_training)
+    means = sums.reduce(accelerator, objective.metric_keys).means(prefix="eval/")
+    return {**means, **objective.finish(means)}
 
 
 def nonfinite_message(step: int, origins: list[str], run_dir: Path) -> str:
@@ -95,19 +83,19 @@ def nonfinite_message(step: int, origins: list[str], run_dir: Path) -> str:
             "those pairs, or pass --skip-nonfinite to skip such steps")
 
 
-def accumulate_gradients(policy, reference, micro_batches: list[tuple[PreferenceBatch, list[int]]], config, accelerator):
+def accumulate_gradients(module, objective, micro_batches: list[tuple], accelerator):
     """Forward and backward over one step's micro-batches; returns metrics, tokens and whether the loss was finite."""
     sums, tokens, finite = MetricSums(), 0, True
     for batch, indices in micro_batches:
         batch = batch.to(accelerator.device)
-        ref = reference.logps(batch, "train", indices)
-        loss, metrics = objective(policy, ref, batch, config)
+        loss, metrics = objective(module, batch, "train", indices)
         finite = finite and bool(torch.isfinite(loss))
         accelerator.backward(loss / len(micro_batches))
         sums.add(metrics)
         tokens += batch.num_tokens
     totals = accelerator.reduce(torch.tensor([tokens, int(not finite)], device=accelerator.device), "sum")
-    return sums.reduce(accelerator), int(totals[0]), int(totals[1]) == 0  # every rank takes the same decision
+    # every rank takes the same decision
+    return sums.reduce(accelerator, objective.metric_keys), int(totals[0]), int(totals[1]) == 0
 
 
 def restore(run_dir: Path, config, model, optimizer, scheduler) -> dict:
@@ -119,13 +107,11 @@ def restore(run_dir: Path, config, model, optimizer, scheduler) -> dict:
     return resumed
 
 
-def prepare_eval(eval_pairs, collate, pad_id: int, micro_size: int, reference, accelerator):
-    """This rank's held-out batches and their reference log-probs, which never change: computed once per run."""
-    mine = list(range(accelerator.process_index, len(eval_pairs), accelerator.num_processes))
+def prepare_eval(eval_examples, collate, pad_id: int, micro_size: int, accelerator) -> list[tuple]:
+    """This rank's held-out batches with their example indices: built once per run."""
+    mine = list(range(accelerator.process_index, len(eval_examples), accelerator.num_processes))
     chunks = [mine[i:i + micro_size] for i in range(0, len(mine), micro_size)]
-    batches = [collate([eval_pairs[i] for i in idx], pad_id).to(accelerator.device) for idx in chunks]
-    refs = [reference.logps(b, "eval", idx) for idx, b in zip(chunks, batches)]
-    return batches, refs
+    return [(collate([eval_examples[i] for i in idx], pad_id).to(accelerator.device), idx) for idx in chunks]
 
 
 def total_steps(config, num_pairs: int) -> int:
@@ -144,67 +130,75 @@ def make_scheduler(optimizer, config, steps: int):
 def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], eval_pairs: list[TokenizedPair],
               config, run_dir: Path, accelerator=None) -> dict:
     """Train `policy` against `reference` (a LiveReference or CachedReference); returns eval metrics and totals."""
+    return train_loop(policy, DPOObjective(reference, config), tokenizer, train_pairs, eval_pairs, config, run_dir,
+                      accelerator)
+
+
+def train_loop(model, objective, tokenizer, train_examples: list, eval_examples: list, config, run_dir: Path,
+               accelerator=None) -> dict:
+    """Train `model` on `objective` (DPOObjective, SFTObjective); returns eval metrics at start and end, and totals."""
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
-    lengths = pair_lengths(train_pairs) if config.group_by_length else None
-    collate = collator(config)
+    lengths = [objective.length(e) for e in train_examples] if config.group_by_length else None
     micro_size = config.batch_size // config.grad_accum
     rank, world = accelerator.process_index, accelerator.num_processes
     if micro_size % world:
-        raise UserError(f"batch_size: {config.batch_size} pairs in {config.grad_accum} micro-batches do not split "
+        raise UserError(f"batch_size: {config.batch_size} examples in {config.grad_accum} micro-batches do not split "
                         f"evenly over {world} processes; make batch-size a multiple of grad-accum × {world}")
-    steps = total_steps(config, len(train_pairs))
+    steps = total_steps(config, len(train_examples))
     main = accelerator.is_main_process
 
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate,
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, steps)
-    policy, optimizer = accelerator.prepare(PairLogpsModule(policy, lean=not config.full_logits), optimizer)
-    unwrap = lambda: accelerator.unwrap_model(policy).model  # noqa: E731  the plain HF model
-    if hasattr(reference, "model"):
-        reference.model.to(accelerator.device)
+    module, optimizer = accelerator.prepare(objective.wrap(model), optimizer)
+    unwrap = lambda: accelerator.unwrap_model(module).model  # noqa: E731  the plain HF (or peft) model
+    reference_model = getattr(getattr(objective, "reference", None), "model", None)
+    if reference_model is not None and reference_model is not model:
+        reference_model.to(accelerator.device)
 
     resumed = restore(run_dir, config, unwrap(), optimizer, scheduler)
     start_step = resumed["step"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
-    eval_batches, eval_reference = prepare_eval(eval_pairs, collate, pad_id, micro_size // world, reference, accelerator)
-    first_eval = evaluate(policy, eval_reference, eval_batches, config, accelerator) if eval_pairs and not start_step else {}
+    eval_batches = prepare_eval(eval_examples, objective.collate, pad_id, micro_size // world, accelerator)
+    first_eval = evaluate(module, objective, eval_batches, accelerator) if eval_examples and not start_step else {}
     if first_eval:
         log.write({"step": 0, **first_eval})
     last_eval = first_eval
 
     tokens_seen, skipped_steps = resumed["tokens"], resumed["skipped_nonfinite"]  # running totals continue
     started, tokens_at_start = time.time(), tokens_seen
-    bar = tqdm(total=steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True, disable=not main)
+    bar = tqdm(total=steps, initial=start_step, desc=objective.name, unit="step", dynamic_ncols=True, disable=not main)
     for step in range(start_step, steps):
         step_started = time.time()
-        indices = pair_order(len(train_pairs), step, config.batch_size, config.seed, lengths)
+        indices = pair_order(len(train_examples), step, config.batch_size, config.seed, lengths)
         # Each process takes its share of every micro-batch; DDP averages the gradients of the shares.
         micro_indices = [indices[m * micro_size:(m + 1) * micro_size][rank::world] for m in range(config.grad_accum)]
-        micro_batches = [(collate([train_pairs[i] for i in idx], pad_id), idx) for idx in micro_indices]
-        sums, step_tokens, finite = accumulate_gradients(policy, reference, micro_batches, config, accelerator)
-        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm or float("inf"))
+        micro_batches = [(objective.collate([train_examples[i] for i in idx], pad_id), idx) for idx in micro_indices]
+        sums, step_tokens, finite = accumulate_gradients(module, objective, micro_batches, accelerator)
+        grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm or float("inf"))
         done = step + 1
         if finite and torch.isfinite(grad_norm):
             optimizer.step()
         elif config.skip_nonfinite:
             skipped_steps += 1  # no update; the schedule and the data order move on as if it had happened
         else:
-            raise NonFiniteError(nonfinite_message(done, [train_pairs[i].origin for i in indices], run_dir))
+            raise NonFiniteError(nonfinite_message(done, [train_examples[i].origin for i in indices], run_dir))
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         tokens_seen += step_tokens
-        record = {"step": done, "epoch": done * config.batch_size / len(train_pairs), **sums.means(),
-                  "skipped_nonfinite": skipped_steps,
+        means = sums.means()
+        record = {"step": done, "epoch": done * config.batch_size / len(train_examples), **means,
+                  **objective.finish(means), "skipped_nonfinite": skipped_steps,
                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                   "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
-        if eval_pairs and (done == steps or config.eval_every and done % config.eval_every == 0):
-            last_eval = evaluate(policy, eval_reference, eval_batches, config, accelerator)
+        if eval_examples and (done == steps or config.eval_every and done % config.eval_every == 0):
+            last_eval = evaluate(module, objective, eval_batches, accelerator)
             record.update(last_eval)
         if done % config.log_every == 0 or done == steps:
             log.write(record)
@@ -214,7 +208,8 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
                                 totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps})
                 prune_checkpoints(run_dir, config.keep_checkpoints)
             accelerator.wait_for_everyone()
-        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}",
+        shown = {"acc": f"{record[objective.progress_key]:.2f}"} if objective.progress_key else {}
+        bar.set_postfix(loss=f"{record['loss']:.4f}", **shown,
                         tok_s=f"{(tokens_seen - tokens_at_start) / (time.time() - started):.0f}")
         bar.update(1)
     bar.close()

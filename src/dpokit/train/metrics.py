@@ -45,11 +45,12 @@ class MetricSums:
             self.sums[key] = self.sums.get(key, 0.0) + float(v.sum())
         self.count += next(iter(values.values())).numel()
 
-    def reduce(self, accelerator) -> "MetricSums":
-        """Sum over processes, so every rank reports the mean over all pairs of the step."""
+    def reduce(self, accelerator, keys: tuple[str, ...] = METRIC_KEYS) -> "MetricSums":
+        """Sum over processes, so every rank reports the mean over all examples of the step.
+
+        `keys` are the same on every rank, even one that saw no examples: collectives must match."""
         if accelerator.num_processes == 1:
             return self
-        keys = METRIC_KEYS  # the same keys on every rank, even one that saw no pairs: collectives must match
         flat = torch.tensor([self.sums.get(k, 0.0) for k in keys] + [self.count], dtype=torch.float64,
                             device=accelerator.device)
         flat = accelerator.reduce(flat, "sum")

@@ -1,0 +1,96 @@
+"""What the one training loop optimises: DPO (and its family) on pairs, or next-token NLL on SFT examples.
+
+An objective knows how to batch its examples, how to wrap the model so that one module forward gives the log-probs
+it needs (distributed wrappers sync gradients through forward), and how to turn a batch into a loss and per-example
+metrics. The loop knows nothing else about it.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..data.collate import collate_sequences, collator
+from ..logprobs import PairLogpsModule, SequenceLogpsModule
+from ..losses import LOSSES, PairLogps, chosen_nll, sft_nll
+from ..types import PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
+from .metrics import METRIC_KEYS, pair_metrics
+
+
+def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
+    """DPO-family loss of one micro-batch (mean over its pairs) and its per-pair metrics.
+
+    `policy_model` is a PairLogpsModule (possibly inside a DDP wrapper): calling it gives the pair log-probs.
+    """
+    policy = policy_model(batch)
+    out = LOSSES[config.loss].fn(policy, reference_logps, beta=config.beta, label_smoothing=config.label_smoothing,
+                                 margins=batch.margins, odpo_alpha=config.odpo_alpha)
+    losses = out.losses
+    if config.sft_weight:
+        losses = losses + config.sft_weight * chosen_nll(policy)
+    return losses.mean(), pair_metrics(out, policy)
+
+
+class DPOObjective:
+    name = "dpo"
+    metric_keys = METRIC_KEYS
+    progress_key = "rewards/accuracies"
+
+    def __init__(self, reference, config):
+        self.reference, self.config = reference, config
+        self.collate = collator(config)
+        self._eval_reference: dict[tuple, PairLogps] = {}  # held-out reference log-probs never change
+
+    def wrap(self, model) -> torch.nn.Module:
+        return PairLogpsModule(model, lean=not self.config.full_logits)
+
+    @staticmethod
+    def length(pair: TokenizedPair) -> int:
+        return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+    def reference_logps(self, batch: PreferenceBatch, split: str, indices: list[int]) -> PairLogps:
+        if split != "eval":
+            return self.reference.logps(batch, split, indices)
+        key = tuple(indices)
+        if key not in self._eval_reference:
+            self._eval_reference[key] = self.reference.logps(batch, split, indices)
+        return self._eval_reference[key]
+
+    def __call__(self, module, batch: PreferenceBatch, split: str, indices: list[int]):
+        return objective(module, self.reference_logps(batch, split, indices), batch, self.config)
+
+    @staticmethod
+    def finish(means: dict[str, float]) -> dict[str, float]:
+        return means
+
+
+class SFTObjective:
+    """Next-token NLL on trained tokens only; loss = mean over all trained tokens of the micro-batch."""
+
+    name = "sft"
+    metric_keys = ("nll", "tokens")
+    progress_key = None  # the loss says it all
+
+    def __init__(self, config):
+        self.config = config
+        row_tokens = (config.tokens_per_row or 2 * config.max_length) if getattr(config, "packing", False) else None
+        self.collate = lambda examples, pad_id: collate_sequences(examples, pad_id, row_tokens)
+
+    def wrap(self, model) -> torch.nn.Module:
+        return SequenceLogpsModule(model, lean=not self.config.full_logits)
+
+    @staticmethod
+    def length(example: TokenizedExample) -> int:
+        return len(example.input_ids)
+
+    def __call__(self, module, batch: SequenceBatch, split: str, indices: list[int]):
+        logps, tokens = module(batch)
+        return sft_nll(logps, tokens), {"nll": -logps.detach(), "tokens": tokens.to(logps.dtype)}
+
+    @staticmethod
+    def finish(means: dict[str, float]) -> dict[str, float]:
+        """Per-token loss from the per-example sums (the ratio of two means is the ratio of two sums)."""
+        out = {}
+        for prefix in ("", "eval/"):
+            if prefix + "nll" in means:
+                out[prefix + "loss"] = means[prefix + "nll"] / max(means[prefix + "tokens"], 1e-9)
+                out[prefix + "tokens_per_example"] = means[prefix + "tokens"]
+        return out

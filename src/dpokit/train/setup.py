@@ -1,0 +1,62 @@
+"""What every training command does before and after its loop: run folder, accelerator, dtype, memory figures."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .checkpoint import latest_checkpoint
+
+
+def prepare_run_dir(config, modify: bool = True) -> Path:
+    """Never overwrite a run unless asked: a non-empty folder needs --resume or --overwrite.
+
+    Every process runs the checks (so all stop together on an error); only the one with `modify` deletes or creates.
+    """
+    run_dir = Path(config.output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output {config.output!r} is a file, not a folder")
+    in_use = run_dir.exists() and any(run_dir.iterdir())
+    if config.resume:
+        if not in_use or latest_checkpoint(run_dir) is None:
+            raise UserError(f"--resume: no checkpoint in {config.output!r} to resume from (save with --save-every N)")
+    elif in_use:
+        if not config.overwrite:
+            raise UserError(f"output folder {config.output!r} is in use; pass --overwrite to replace it, "
+                            "--resume to continue it, or choose another --output")
+        if modify:
+            shutil.rmtree(run_dir)
+    if not modify:
+        return run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {config.output!r}: {e.strerror}") from None
+    return run_dir
+
+
+def default_dtype() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def make_accelerator(config):
+    """One Accelerator per run: forget a previous run's precision in this process (the process group is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+
+
+def run_dtype(config) -> str:
+    return config.dtype or ("float32" if config.mixed_precision != "no" else default_dtype())
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

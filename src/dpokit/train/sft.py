@@ -1,0 +1,96 @@
+"""`dpokit sft` and `dpokit coh` as a story: data → model → the one loop with the SFT objective → save → summarise.
+
+Chain of Hindsight is SFT on feedback-conditioned sequences built from preference pairs (data/sft.py); only the
+data differs, and the run's final/ folder records the feedback phrases for `dpokit generate --coh`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+from ..config import CoHConfig, SFTConfig, dump_config
+from ..data.prepare import resolve_data_path, split_pairs
+from ..data.sft import load_coh_examples, load_sft_examples
+from ..data.tokenize import tokenize_examples
+from ..errors import UserError
+from ..models import load_policy, load_tokenizer, resolve_model_path
+from ..report import plot_run
+from .checkpoint import save_pretrained_atomic
+from .loop import train_loop
+from .objectives import SFTObjective
+from .setup import make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype
+
+COH_FILE = "dpokit_coh.json"  # the feedback phrases of a Chain-of-Hindsight model, read by `generate --coh`
+
+
+def load_examples(config: SFTConfig, path: str):
+    if isinstance(config, CoHConfig):
+        return load_coh_examples(resolve_data_path(path), config.positive, config.negative,
+                                 skip_invalid=config.skip_invalid)
+    return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid)
+
+
+def prepare_sft_data(config: SFTConfig, tokenizer):
+    """Examples → held-out split by prompt → token ids with a loss mask; every data problem surfaces here."""
+    report = load_examples(config, config.data)
+    summary = {"data": {"path": config.data, "shape": report.shape, "rows": report.num_rows,
+                        "dropped": report.dropped_counts()}}
+    eval_examples = load_examples(config, config.eval_data).examples if config.eval_data else None
+    train, held_out = split_pairs(config, report.examples, eval_examples)
+    counts, tokenized = Counter(), {}
+    for name, examples in (("train", train), ("eval", held_out)):
+        tokenized[name], c = tokenize_examples(tokenizer, examples, max_length=config.max_length,
+                                               max_prompt_length=config.max_prompt_length,
+                                               skip_invalid=config.skip_invalid)
+        counts.update({f"{name}/{k}": v for k, v in c.items()})
+    if not tokenized["train"]:
+        raise UserError(f"{config.data}: no training examples left after validation and tokenization")
+    summary["tokenization"] = dict(counts)
+    summary["examples"] = {"train": len(tokenized["train"]), "eval": len(tokenized["eval"])}
+    return tokenized["train"], tokenized["eval"], summary
+
+
+def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
+    started = time.time()
+    accelerator = make_accelerator(config)
+    main = accelerator.is_main_process
+    run_dir = prepare_run_dir(config, modify=main)
+    accelerator.wait_for_everyone()
+    dtype = run_dtype(config)
+
+    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    train, held_out, data_summary = prepare_sft_data(config, tokenizer)
+    model = load_policy(model_path, config, dtype)
+    if main:
+        dump_config(config, run_dir / "config.yaml")
+
+    result = train_loop(model, SFTObjective(config), tokenizer, train, held_out, config, run_dir, accelerator)
+    trained = result.pop("policy")
+    if not main:
+        return result
+    save_pretrained_atomic(trained, tokenizer, run_dir / "final")
+    if isinstance(config, CoHConfig):
+        phrases = {"positive": config.positive, "negative": config.negative}
+        (run_dir / "final" / COH_FILE).write_text(json.dumps(phrases), encoding="utf-8")
+    command = "coh" if isinstance(config, CoHConfig) else "sft"
+    summary = {"command": command, **data_summary, **result, "dtype": dtype, "wall_seconds": time.time() - started,
+               "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final")}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary["report"] = str(plot_run(run_dir))
+    if not quiet:
+        print(format_sft_summary(summary))
+    return summary
+
+
+def format_sft_summary(s: dict) -> str:
+    lines = [f"dpokit {s['command']}: {s['steps']} steps on {s['examples']['train']} examples in "
+             f"{s['wall_seconds']:.0f} s ({s['tokens_per_s']:.0f} tokens/s training, peak RSS {s['peak_rss_mb']:.0f} MB)"]
+    start, end = s.get("eval_start") or {}, s.get("eval_end") or {}
+    if end:
+        lines.append(f"  held-out loss (NLL per answer token, {s['examples']['eval']} examples): "
+                     f"{start.get('eval/loss', float('nan')):.4f} → {end['eval/loss']:.4f}")
+    lines.append(f"  model: {s['output']}")
+    lines.append(f"  plots: {s['report']}")
+    return "\n".join(lines)
