@@ -162,15 +162,26 @@ def is_adapter_dir(path: Path) -> bool:
 
 
 def adapter_base(path: Path) -> Path:
-    """The full model folder a LoRA adapter folder was trained on (recorded as an absolute path)."""
+    """The full model folder a LoRA adapter folder was trained on (`base_model_name_or_path`; dpokit records it
+    absolute, a relative one is tried from the working directory, then from the adapter folder)."""
     import json
 
-    cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
-    base = cfg.get("base_model_name_or_path")
-    if not base or not (Path(base) / "config.json").is_file():
-        raise UserError(f"{path}/adapter_config.json: base_model_name_or_path {base!r} is not a local model folder; "
-                        "set it to the folder of the model the adapter was trained on")
-    return Path(base)
+    where = Path(path) / "adapter_config.json"
+    try:
+        cfg = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where}: cannot read the adapter config ({e})") from None
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{where}: field 'base_model_name_or_path' is missing; set it to the local base model folder")
+    candidates = [Path(base).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates.append(Path(path) / base)
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    raise UserError(f"{where}: field 'base_model_name_or_path' is {base!r}, which is not a local model folder; "
+                    "set it to the folder of the model the adapter was trained on (dpokit never downloads from a hub)")
 
 
 def lora_config(config):
@@ -221,6 +232,7 @@ def load_policy(path: Path, config, dtype: str):
     elif config.lora_r:
         from peft import get_peft_model
 
+        torch.manual_seed(config.seed)  # the adapters' random init is part of the run: same seed, same run
         model = get_peft_model(model, lora_config(config))
     if hasattr(model, "peft_config"):
         for adapter in model.peft_config.values():  # so the saved adapter finds its base from anywhere

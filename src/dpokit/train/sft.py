@@ -21,7 +21,7 @@ from .loop import train_loop
 from .objectives import SFTObjective
 from .setup import make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype
 
-COH_FILE = "dpokit_coh.json"  # the feedback phrases of a Chain-of-Hindsight model, read by `generate --coh`
+from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by `generate --coh`
 
 
 def load_examples(config: SFTConfig, path: str):

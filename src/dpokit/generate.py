@@ -1,0 +1,272 @@
+"""Batched, seeded sampling from a local model (full folder or LoRA adapter): used by generate, chat and eval.
+
+A prompt is a string or a list of chat messages ({"role", "content"}). It is rendered with the tokenizer's chat
+template (generation prompt added) when the tokenizer has one, as plain text otherwise (or, for strings, when asked:
+`template=False`, the way training treats plain-text pairs). Batches are left-padded so every completion starts
+right after its own prompt; temperature 0 is greedy decoding.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import torch
+
+from .errors import DataError, UserError
+from .models import adapter_base, is_adapter_dir, load_tokenizer, resolve_model_path  # noqa: F401
+
+Prompt = Union[str, list]  # a string, or [{"role": ..., "content": ...}, ...]
+
+COH_FILE = "dpokit_coh.json"
+COH_DEFAULTS = {"positive": "A helpful answer:", "negative": "An unhelpful answer:"}
+ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+# ---- where the model is -------------------------------------------------------------------------------------------
+
+def model_folder(spec: str | Path) -> Path:
+    """A run folder → its `final/` model; a model or adapter folder (or .gguf) → itself."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file() \
+            and (path / "final").is_dir():
+        return path / "final"
+    return path
+
+
+def is_adapter(path: Path) -> bool:
+    return path.is_dir() and is_adapter_dir(path)
+
+
+def has_tokenizer(path: Path) -> bool:
+    return any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_for_generation(spec: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+                        device: str = "auto"):
+    """(model, tokenizer) in eval mode from a model folder, a .gguf file, the embedded name, a run folder, or a
+    LoRA adapter folder (base loaded from `base_model_name_or_path`, adapter applied, not merged), in the dtype it
+    was saved in, on `device` ("auto": the GPU when there is one)."""
+    from transformers import AutoModelForCausalLM
+
+    path = model_folder(spec)
+    if is_adapter(path):
+        from peft import PeftModel
+
+        base = adapter_base(path)
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype="auto", trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if allow_pickle else True)
+        model = PeftModel.from_pretrained(model, str(path))
+        tokenizer = load_tokenizer(path if has_tokenizer(path) else base, trust_remote_code=trust_remote_code)
+    else:
+        path = resolve_model_path(str(path) if path.exists() else str(spec), allow_pickle=allow_pickle)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if allow_pickle else True)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model.eval()  # dropout off; the config is left as saved (export writes it back)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+# ---- prompts ------------------------------------------------------------------------------------------------------
+
+def templated(tokenizer, prompt: Prompt, template: bool = True) -> bool:
+    """Whether `prompt` goes through the chat template: messages always (when there is one), text unless
+    `template` is False (plain-text prompts as dpokit trains on plain-text pairs)."""
+    return bool(getattr(tokenizer, "chat_template", None)) and (template or not isinstance(prompt, str))
+
+
+def render_prompt(tokenizer, prompt: Prompt, *, template: bool = True) -> str:
+    """The text the model continues: chat template + generation prompt when the tokenizer has a template.
+
+    render_prompt(chatml_tokenizer, "Hi")                 → '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    render_prompt(chatml_tokenizer, "Hi", template=False) → 'Hi'
+    render_prompt(plain_tokenizer, "Hi")                  → 'Hi'
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if templated(tokenizer, prompt, template):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, str):
+        return prompt
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def check_prompt(value: Any, origin: str, field: str = "prompt") -> Prompt:
+    """A prompt as read from a file, or DataError naming file:line and field."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{origin}: field {field!r} is empty; give the prompt text")
+        return value
+    if isinstance(value, list) and value:
+        for i, message in enumerate(value):
+            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                    and isinstance(message.get("content"), str)):
+                raise DataError(f"{origin}: field {field!r}[{i}] must be an object with string 'role' and 'content'")
+        return value
+    kind = "missing" if value is None else f"a {type(value).__name__}"
+    raise DataError(f"{origin}: field {field!r} is {kind}; give a string or a non-empty list of "
+                    "{\"role\", \"content\"} messages")
+
+
+def read_prompts(path: str | Path) -> list[tuple[dict, Prompt]]:
+    """Rows of a prompts file: (the row as written, its prompt). A .txt file has one prompt per non-blank line;
+    anything else is read as data (.jsonl, .json, .csv, .parquet) and must have a `prompt` field."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: invalid UTF-8; save the file as UTF-8") from None
+        rows = [({"prompt": line}, line) for line in text.splitlines() if line.strip()]
+        if not rows:
+            raise DataError(f"{path}: no prompts (the file has no non-blank line)")
+        return rows
+    from .data.io import read_records
+
+    rows = []
+    for record in read_records(path):
+        rows.append((record.value, check_prompt(record.value.get("prompt"), record.origin)))
+    return rows
+
+
+# ---- Chain of Hindsight -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CohPhrases:
+    positive: str = COH_DEFAULTS["positive"]
+    negative: str = COH_DEFAULTS["negative"]
+
+
+def load_coh_phrases(model_dir: str | Path) -> CohPhrases:
+    """The phrases a Chain of Hindsight run was trained with (`dpokit_coh.json`), or the defaults."""
+    where = Path(model_dir) / COH_FILE
+    if not where.is_file():
+        return CohPhrases()
+    try:
+        data = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where}: cannot read ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, ""), str) for k in COH_DEFAULTS):
+        raise UserError(f"{where}: expected {{\"positive\": TEXT, \"negative\": TEXT}}")
+    return CohPhrases(**{k: data.get(k, v) for k, v in COH_DEFAULTS.items()})
+
+
+def coh_prefix(rendered: str, phrases: CohPhrases) -> str:
+    """Ask for the helpful side: 'PROMPT<assistant>\\n' → 'PROMPT<assistant>\\nA helpful answer:'.
+
+    No trailing space: in training the space after the phrase belongs to the answer's first token (data/sft.py)."""
+    return rendered + phrases.positive
+
+
+def cut_at_negative(completion: str, phrases: CohPhrases) -> str:
+    """Keep the helpful answer only: 'Sure.\\nAn unhelpful answer: no' → 'Sure.'."""
+    return completion.split("\n" + phrases.negative, 1)[0].strip()
+
+
+# ---- sampling -----------------------------------------------------------------------------------------------------
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [] if configured is None else [configured]
+    return sorted(set(ids) | {tokenizer.eos_token_id})
+
+
+def sampling_args(model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """model.generate keyword arguments: greedy at temperature 0, nucleus sampling otherwise."""
+    if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
+        raise UserError(f"need temperature >= 0, 0 < top-p <= 1 and max-new-tokens >= 1 "
+                        f"(got {temperature}, {top_p}, {max_new_tokens})")
+    args = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": _eos_ids(model, tokenizer)}
+    if temperature == 0:
+        return {**args, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {**args, "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
+
+
+def encode(tokenizer, texts: list[str], *, special: bool | list[bool] = False) -> dict:
+    """Left-padded input_ids and attention_mask (B, T). `special`: add the tokenizer's special tokens (BOS),
+    per text; chat-rendered prompts carry their own, plain text needs them."""
+    specials = special if isinstance(special, list) else [special] * len(texts)
+    ids = [tokenizer(text, add_special_tokens=s)["input_ids"] for text, s in zip(texts, specials)]
+    tokenizer.padding_side = "left"
+    return tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Iterable[Prompt], *, max_new_tokens: int = 128, temperature: float = 0.7,
+             top_p: float = 1.0, seed: int = 0, batch_size: int = 8, coh: CohPhrases | None = None,
+             template: bool = True, progress: bool = False) -> list[str]:
+    """One completion per prompt, in order. Seeded: the same call gives the same text (the global RNG is
+    restored afterwards). With `coh`, the helpful-answer phrase is appended and completions end before the
+    unhelpful one."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1 (got {batch_size})")
+    prompts = list(prompts)
+    texts = [render_prompt(tokenizer, p, template=template) for p in prompts]
+    specials = [not templated(tokenizer, p, template) for p in prompts]
+    if coh is not None:
+        texts = [coh_prefix(t, coh) for t in texts]
+    args = sampling_args(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    device = next(model.parameters()).device
+    completions: list[str] = []
+    starts = range(0, len(texts), batch_size)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in tqdm(starts, desc="generate", unit="batch", disable=not progress, file=sys.stderr):
+            batch = encode(tokenizer, texts[start:start + batch_size],
+                           special=specials[start:start + batch_size]).to(device)
+            out = model.generate(**batch, **args)  # (B, T + new)
+            new = out[:, batch["input_ids"].shape[1]:]
+            completions += tokenizer.batch_decode(new, skip_special_tokens=True)
+    if coh is not None:
+        completions = [cut_at_negative(c, coh) for c in completions]
+    return completions
+
+
+def stream_reply(model, tokenizer, prompt: Prompt, *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                 out=None) -> str:
+    """Generate one reply, printing its text to `out` (stdout) as tokens arrive; return the whole reply."""
+    from transformers import TextStreamer
+
+    class _Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            (out or sys.stdout).write(text)
+            (out or sys.stdout).flush()
+
+    batch = encode(tokenizer, [render_prompt(tokenizer, prompt)], special=not templated(tokenizer, prompt))
+    batch = batch.to(next(model.parameters()).device)
+    args = sampling_args(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    with torch.no_grad():
+        ids = model.generate(**batch, **args, streamer=streamer)
+    return tokenizer.decode(ids[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def generate_file(model_spec: str, prompts_path: str, out_path: str, *, overwrite: bool = False, coh: bool = False,
+                  template: bool = True, **sampling) -> int:
+    """`dpokit generate`: prompts file → JSONL rows {**row, "prompt", "completion"}; returns the row count."""
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    rows = read_prompts(prompts_path)  # bad input fails before any weights load
+    model, tokenizer = load_for_generation(model_spec)
+    phrases = load_coh_phrases(model_folder(model_spec)) if coh else None
+    completions = generate(model, tokenizer, [prompt for _, prompt in rows], coh=phrases, template=template,
+                           progress=True, **sampling)
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for (row, prompt), completion in zip(rows, completions):
+            f.write(json.dumps({**row, "prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    return len(rows)
