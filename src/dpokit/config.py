@@ -49,6 +49,10 @@ class TrainConfig:
     seed: int = opt(0, "seed for data order, split and initialisation")
     eval_every: int = opt(0, "evaluate every N steps (0 = only at start and end)")
     save_every: int = opt(0, "checkpoint every N steps (0 = only the final model)")
+    early_stop: bool = opt(False, "keep the model with the best held-out loss (OUTPUT/best, then final/) and stop after "
+                                  "--patience evaluations without improvement (needs --eval-every)")
+    patience: int = opt(3, "evaluations without held-out improvement before an overfitting warning (and, with "
+                           "--early-stop, before stopping)")
     group_by_length: bool = opt(False, "batch examples of similar length together (sorted within windows of 16 batches)")
     full_logits: bool = opt(False, "compute logits at every position (the obvious path) instead of only at answer tokens")
     gradient_checkpointing: bool = opt(False, "recompute layer activations in backward: less memory, about a third more compute")
@@ -91,6 +95,7 @@ class DPOConfig(TrainConfig):
                                 "packed = several such blocks per row up to --tokens-per-row (no padding); "
                                 "padded = prompt+chosen and prompt+rejected rows", choices=("shared", "packed", "padded"))
     tokens_per_row: Optional[int] = opt(None, "packed layout: token budget of one row (default 2 × max_length)")
+    warn_chosen_drop: float = opt(5.0, "warn when held-out chosen answers fall this many nats below the reference")
     reference_cache: str = opt("on", "on: reference log-probs computed once, stored under the cache folder and reused by "
                                      "later runs and epochs (no reference model in memory while training); off: run "
                                      "the reference model live every step", choices=("on", "off"))
@@ -148,6 +153,12 @@ def check_train_config(c: TrainConfig) -> None:
         bad("keep_checkpoints", "must be ≥ 1 (the newest checkpoint is what --resume needs)")
     if c.learning_rate <= 0:
         bad("learning_rate", "must be > 0")
+    if c.early_stop and not c.eval_every:
+        bad("early_stop", "needs held-out evaluations during training: add --eval-every N")
+    if c.early_stop and c.eval_fraction == 0 and not c.eval_data:
+        bad("early_stop", "needs held-out data: drop --eval-fraction 0 or give --eval-data")
+    if c.patience < 1:
+        bad("patience", "must be ≥ 1")
     if c.lora_r < 0:
         bad("lora_r", "must be ≥ 0 (0 = no LoRA)")
     if not 0 <= c.lora_dropout < 1:

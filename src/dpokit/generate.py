@@ -203,10 +203,11 @@ def encode(tokenizer, texts: list[str], *, special: bool | list[bool] = False) -
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Iterable[Prompt], *, max_new_tokens: int = 128, temperature: float = 0.7,
              top_p: float = 1.0, seed: int = 0, batch_size: int = 8, coh: CohPhrases | None = None,
-             template: bool = True, progress: bool = False) -> list[str]:
+             template: bool = True, progress: bool = False, return_ids: bool = False) -> list:
     """One completion per prompt, in order. Seeded: the same call gives the same text (the global RNG is
     restored afterwards). With `coh`, the helpful-answer phrase is appended and completions end before the
-    unhelpful one."""
+    unhelpful one. With `return_ids`, each item is a `Sampled`: the text plus the exact prompt ids the model saw
+    and the ids it sampled (up to and including the first EOS), so log-probs can be taken of exactly these tokens."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -219,6 +220,7 @@ def generate(model, tokenizer, prompts: Iterable[Prompt], *, max_new_tokens: int
     args = sampling_args(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     device = next(model.parameters()).device
     completions: list[str] = []
+    ids: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     starts = range(0, len(texts), batch_size)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -228,9 +230,31 @@ def generate(model, tokenizer, prompts: Iterable[Prompt], *, max_new_tokens: int
             out = model.generate(**batch, **args)  # (B, T + new)
             new = out[:, batch["input_ids"].shape[1]:]
             completions += tokenizer.batch_decode(new, skip_special_tokens=True)
+            if return_ids:
+                ids += [(tuple(row[mask.bool()].tolist()), until_eos(sampled, args["eos_token_id"]))
+                        for row, mask, sampled in zip(batch["input_ids"], batch["attention_mask"], new.tolist())]
     if coh is not None:
         completions = [cut_at_negative(c, coh) for c in completions]
+    if return_ids:
+        return [Sampled(text, prompt_ids, completion_ids) for text, (prompt_ids, completion_ids) in zip(completions, ids)]
     return completions
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One sampled completion: its text (after any --coh cut) and the token ids behind it (never cut)."""
+
+    text: str
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+
+
+def until_eos(ids: list[int], eos_ids: list[int]) -> tuple[int, ...]:
+    """Sampled ids up to and including the first EOS; what follows is padding. (5, 7, EOS, PAD) → (5, 7, EOS)."""
+    for i, token in enumerate(ids):
+        if token in eos_ids:
+            return tuple(ids[:i + 1])
+    return tuple(ids)
 
 
 def stream_reply(model, tokenizer, prompt: Prompt, *, max_new_tokens: int, temperature: float, top_p: float = 1.0,

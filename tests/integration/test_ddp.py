@@ -51,6 +51,7 @@ def test_two_processes_of_two_pairs_equal_one_process_of_four(tiny_model_dir, da
     r2 = run(common(tiny_model_dir, data, two) + flags + ["--nproc", 2], tmp_path / "c2")
     assert r1.returncode == 0, r1.stderr[-1500:]
     assert r2.returncode == 0, r2.stderr[-1500:]
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2  # really two ranks, not one
     a, b = weights(one), weights(two)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     assert not torch.equal(a["model.embed_tokens.weight"], load_file(tiny_model_dir / "model.safetensors")
@@ -77,6 +78,7 @@ def test_kill_and_resume_with_two_processes(tiny_model_dir, data, tmp_path):
     assert not (killed / "final").exists()
     resumed = run(common(tiny_model_dir, data, killed, steps=6) + args + ["--resume"], tmp_path / "c")
     assert resumed.returncode == 0, resumed.stderr[-1500:]
+    assert json.loads((killed / "summary.json").read_text())["processes"] == 2
     a, b = weights(straight), weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]

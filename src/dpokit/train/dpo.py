@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from ..losses import LN2, LOSSES
 from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, load_tokenizer, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
 from ..report import plot_run
-from .checkpoint import save_pretrained_atomic
 from .loop import pairs_reached, train_dpo
-from .setup import default_dtype, make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype  # noqa: F401
+from .setup import default_dtype, make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype, save_final  # noqa: F401
 
 
 def check_margins(config: DPOConfig, pairs) -> None:
@@ -68,15 +66,18 @@ def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, token
     tables = ref_cache.load_cache(path, key, splits).tables if path.is_file() else ref_cache.empty_tables(splits)
     missing = ref_cache.missing_rows(tables, {"train": pairs_reached(config, data.train),
                                               "eval": list(range(len(data.eval)))})
-    if any(missing.values()) and not accelerator.is_main_process:
-        accelerator.wait_for_everyone()  # the main process fills the cache; then read what it wrote
-        return ref_cache.load_cache(path, key, splits)
+    # Every process has looked at the cache before any writes to it, so all take the same branch (and meet at the
+    # same barriers); otherwise a process that read the freshly written file would skip the barrier and hang the rest.
+    accelerator.wait_for_everyone()
     if any(missing.values()):
-        model = reference_model()
-        fill_cache(model if model is not None else policy, tables, splits, missing, config, tokenizer, accelerator)
-        ref_cache.save_cache(path, key, tables, ref_path)
-        del model
-        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            model = reference_model()
+            fill_cache(model if model is not None else policy, tables, splits, missing, config, tokenizer, accelerator)
+            ref_cache.save_cache(path, key, tables, ref_path)
+            del model
+        accelerator.wait_for_everyone()  # the main process filled the cache; the others read what it wrote
+        if not accelerator.is_main_process:
+            return ref_cache.load_cache(path, key, splits)
     return ref_cache.CachedReference(tables, path)
 
 
@@ -117,12 +118,12 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     trained = result.pop("policy")
     if not main:
         return result
-    save_pretrained_atomic(trained, tokenizer, run_dir / "final")
+    final_is = save_final(run_dir, trained, tokenizer, config)
 
-    summary = {**data.summary, **result, "dtype": dtype,
+    summary = {**data.summary, **result, "dtype": dtype, "processes": accelerator.num_processes,
                "reference": str(reference.path) if getattr(reference, "path", None) else "live", "wall_seconds": time.time() - started,
                "estimated_memory_mb": estimated.total / 2**20,
-               "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final")}
+               "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final"), "final_is": final_is}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     summary["report"] = str(plot_run(run_dir))
     if not quiet:
@@ -147,6 +148,12 @@ def format_summary(s: dict) -> str:
             lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}")
         lines.append(f"  (at the start the policy equals the reference: loss ln 2 = {LN2:.4f}, every margin 0; "
                      "a tie counts as a wrong answer, so accuracy starts at 0)")
+    if s.get("stopped_early_at"):
+        lines.append(f"  early stop at step {s['stopped_early_at']}; final/ is the best model by held-out loss "
+                     f"(step {s['best_step']})")
+    elif s.get("final_is") == "best":
+        lines.append(f"  final/ is the best model by held-out loss (step {s['best_step']})")
+    lines += [f"  warning: {w}" for w in s.get("warnings", [])]
     lines.append(f"  model: {s['output']}")
     lines.append(f"  plots: {s['report']}")
     return "\n".join(lines)

@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError, UserError
 from ..types import TokenizedPair
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_pretrained_atomic
 from .metrics import MetricsLog, MetricSums
 from .objectives import DPOObjective, objective  # noqa: F401  (objective: the DPO loss of one batch, used by tests)
+from .watch import OverfitWatch
 
 
 GROUP_WINDOW_BATCHES = 16  # length grouping sorts within windows of this many batches, keeping the order random
@@ -100,7 +101,7 @@ def accumulate_gradients(module, objective, micro_batches: list[tuple], accelera
 
 def restore(run_dir: Path, config, model, optimizer, scheduler) -> dict:
     """With --resume: load the newest checkpoint; returns the step and running totals to continue from."""
-    resumed = {"step": 0, "tokens": 0, "skipped_nonfinite": 0}
+    resumed = {"step": 0, "tokens": 0, "skipped_nonfinite": 0, "best_eval_loss": None, "best_step": None}
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
     if checkpoint is not None:
         resumed.update(load_checkpoint(checkpoint, model, optimizer, scheduler))
@@ -164,11 +165,26 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     start_step = resumed["step"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
+    watch = OverfitWatch(patience=config.patience, beta=getattr(config, "beta", None),
+                         chosen_drop=getattr(config, "warn_chosen_drop", 5.0))
+    if resumed["best_eval_loss"] is not None:  # --early-stop's best so far travels with the checkpoint
+        watch.best_loss, watch.best_step = resumed["best_eval_loss"], resumed["best_step"]
+
+    def after_eval(step: int, metrics: dict) -> list[str]:
+        improved, warnings = watch.add_eval(step, metrics)
+        for warning in warnings:
+            tqdm.write(f"dpokit: warning: {warning}")
+        if config.early_stop and improved and main:
+            save_pretrained_atomic(unwrap(), tokenizer, run_dir / "best")
+        return warnings
+
     eval_batches = prepare_eval(eval_examples, objective.collate, pad_id, micro_size // world, accelerator)
     first_eval = evaluate(module, objective, eval_batches, accelerator) if eval_examples and not start_step else {}
     if first_eval:
         log.write({"step": 0, **first_eval})
+        after_eval(0, first_eval)
     last_eval = first_eval
+    stopped_early = None
 
     tokens_seen, skipped_steps = resumed["tokens"], resumed["skipped_nonfinite"]  # running totals continue
     started, tokens_at_start = time.time(), tokens_seen
@@ -197,26 +213,39 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
                   **objective.finish(means), "skipped_nonfinite": skipped_steps,
                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                   "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
+        watch.add_train(record)
         if eval_examples and (done == steps or config.eval_every and done % config.eval_every == 0):
             last_eval = evaluate(module, objective, eval_batches, accelerator)
             record.update(last_eval)
-        if done % config.log_every == 0 or done == steps:
+            warnings = after_eval(done, last_eval)
+            if warnings:
+                record["warnings"] = warnings
+            if config.early_stop and watch.should_stop() and done != steps:
+                stopped_early = done
+        if done % config.log_every == 0 or done == steps or stopped_early:
             log.write(record)
         if config.save_every and done % config.save_every == 0 and done != steps:
             if main:
                 save_checkpoint(run_dir, done, unwrap(), tokenizer, optimizer, scheduler,
-                                totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps})
+                                totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps,
+                                        "best_eval_loss": watch.best_loss if watch.best_step is not None else None,
+                                        "best_step": watch.best_step})
                 prune_checkpoints(run_dir, config.keep_checkpoints)
             accelerator.wait_for_everyone()
         shown = {"acc": f"{record[objective.progress_key]:.2f}"} if objective.progress_key else {}
         bar.set_postfix(loss=f"{record['loss']:.4f}", **shown,
                         tok_s=f"{(tokens_seen - tokens_at_start) / (time.time() - started):.0f}")
         bar.update(1)
+        if stopped_early:
+            tqdm.write(f"dpokit: early stop at step {done}: held-out loss has not improved for {config.patience} "
+                       f"evaluations; best {watch.best_loss:.4f} at step {watch.best_step}")
+            break
     bar.close()
 
     if start_step:  # resumed: the run's true starting point is the step-0 line of metrics.jsonl
         first_eval = log.first_record() or first_eval
     elapsed = time.time() - started
-    return {"steps": steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
+    return {"steps": stopped_early or steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
             "tokens_per_s": (tokens_seen - tokens_at_start) / max(elapsed, 1e-9), "skipped_nonfinite": skipped_steps,
-            "eval_start": first_eval, "eval_end": last_eval, "policy": unwrap()}
+            "eval_start": first_eval, "eval_end": last_eval, "warnings": watch.warnings,
+            "best_step": watch.best_step, "stopped_early_at": stopped_early, "policy": unwrap()}

@@ -60,3 +60,19 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def save_final(run_dir: Path, trained, tokenizer, config) -> str:
+    """OUTPUT/final: the trained model or, with --early-stop, the best one by held-out loss (OUTPUT/best)."""
+    from .checkpoint import save_pretrained_atomic
+
+    best = run_dir / "best"
+    if getattr(config, "early_stop", False) and best.is_dir():
+        tmp = run_dir / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(best, tmp)
+        shutil.rmtree(run_dir / "final", ignore_errors=True)
+        tmp.rename(run_dir / "final")
+        return "best"
+    save_pretrained_atomic(trained, tokenizer, run_dir / "final")
+    return "last"

@@ -1,0 +1,93 @@
+"""Watching for overfitting while training: DPO overfits fast, and the signs are in the metrics already.
+
+Two signs, checked at every held-out evaluation (pure functions of the metrics history, so they are testable on
+constructed trajectories):
+- held-out stalls while train rises: the held-out loss has not improved for `patience` evaluations, yet the train
+  reward margin over that stretch is higher than before it;
+- chosen answers lose likelihood: on held-out pairs the chosen log-prob fell below the reference's by more than
+  `chosen_drop` nats (the margin can grow while both answers become less likely, a known DPO failure).
+`--early-stop` uses the same bookkeeping: it keeps the best model by held-out loss and stops after `patience`
+evaluations without improvement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def stalled_while_training_rises(records: list[dict], patience: int) -> str | None:
+    """A warning when the last `patience` evaluations did not improve on the best held-out loss before them while
+    the train margin kept rising; None otherwise."""
+    evals = [r for r in records if "eval/loss" in r]
+    if len(evals) < patience + 1:
+        return None
+    best_before = min(evals[:-patience], key=lambda r: r["eval/loss"])
+    if min(r["eval/loss"] for r in evals[-patience:]) < best_before["eval/loss"]:
+        return None  # still improving
+    key = "rewards/margins" if any("rewards/margins" in r for r in records) else "loss"
+    train = [r for r in records if key in r and "step" in r]
+    before = _mean([r[key] for r in train if r["step"] <= best_before["step"]])
+    after = _mean([r[key] for r in train if r["step"] > best_before["step"]])
+    if before is None or after is None:
+        return None
+    rising = after > before if key == "rewards/margins" else after < before  # train loss falling = rising fit
+    if not rising:
+        return None
+    last = evals[-1]
+    return (f"possible overfitting at step {last['step']}: held-out loss {last['eval/loss']:.4f} has not improved on "
+            f"{best_before['eval/loss']:.4f} (step {best_before['step']}) for {patience} evaluations while the train "
+            f"{'reward margin' if key == 'rewards/margins' else 'loss'} kept improving ({before:.4f} → {after:.4f}); "
+            "consider the earlier checkpoint, fewer steps, a larger β or --early-stop")
+
+
+def chosen_likelihood_drop(record: dict, beta: float, chosen_drop: float) -> str | None:
+    """A warning when held-out chosen answers became much less likely than under the reference."""
+    reward = record.get("eval/rewards/chosen")
+    if reward is None or beta <= 0:
+        return None
+    delta = reward / beta  # mean of log π(chosen) − log π_ref(chosen) over held-out pairs
+    if delta >= -chosen_drop:
+        return None
+    return (f"at step {record['step']}: held-out chosen answers are {-delta:.1f} nats less likely than under the "
+            f"reference (threshold {chosen_drop}); the margin may be growing by pushing both answers down. Consider "
+            "--sft-weight (an NLL term on chosen), a larger β or fewer steps")
+
+
+@dataclass
+class OverfitWatch:
+    """Keeps the metrics history of a run and says, after each evaluation, what to warn about and whether the
+    held-out loss improved (for --early-stop)."""
+
+    patience: int = 3
+    beta: float | None = None  # None: not a preference run (no reward metrics)
+    chosen_drop: float = 5.0
+    records: list[dict] = field(default_factory=list)
+    best_loss: float = float("inf")
+    best_step: int | None = None
+    evals_since_best: int = 0
+    warnings: list[str] = field(default_factory=list)
+    fired: set = field(default_factory=set)  # each kind of warning is given once per run
+
+    def add_train(self, record: dict) -> None:
+        self.records.append({k: v for k, v in record.items() if not k.startswith("eval/")})
+
+    def add_eval(self, step: int, metrics: dict) -> tuple[bool, list[str]]:
+        """Record one evaluation; returns (improved, new warnings)."""
+        self.records.append({"step": step, **metrics})
+        improved = metrics["eval/loss"] < self.best_loss
+        if improved:
+            self.best_loss, self.best_step, self.evals_since_best = metrics["eval/loss"], step, 0
+        else:
+            self.evals_since_best += 1
+        checks = {"stall": stalled_while_training_rises(self.records, self.patience),
+                  "chosen_drop": chosen_likelihood_drop({"step": step, **metrics}, self.beta or 0, self.chosen_drop)}
+        new = [w for kind, w in checks.items() if w and kind not in self.fired]
+        self.fired.update(kind for kind, w in checks.items() if w)
+        self.warnings += new
+        return improved, new
+
+    def should_stop(self) -> bool:
+        return self.evals_since_best >= self.patience
