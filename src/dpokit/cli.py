@@ -81,9 +81,10 @@ def cmd_validate(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .report import plot_run
+    from .report import write_html
 
-    print(plot_run(Path(args.run)))
+    page = write_html(Path(args.run))
+    print(f"{page.with_name('report.png')}\n{page}")
     return 0
 
 
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-prompt-length", type=int, default=256)
     validate.add_argument("--no-tokens", action="store_true", help="skip token statistics (no tokenizer needed)")
     validate.set_defaults(func=cmd_validate)
-    report = sub.add_parser("report", help="plot a run's metrics (loss, reward accuracy, margins, log-probs) to PNG")
+    report = sub.add_parser("report", help="plot a run's metrics (loss, reward accuracy, margins, log-probs) to PNG and an HTML page")
     report.add_argument("run", help="run folder (the --output of dpokit dpo)")
     report.set_defaults(func=cmd_report)
     generate = sub.add_parser("generate", help="sample completions for a file of prompts (batched, seeded)",

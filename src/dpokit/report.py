@@ -58,3 +58,58 @@ def plot_run(run_dir: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """The figures people look for first, in a fixed order; absent ones are skipped."""
+    rows = []
+    start, end = summary.get("eval_start") or {}, summary.get("eval_end") or {}
+    for key, label in (("eval/loss", "held-out loss"), ("eval/rewards/accuracies", "held-out reward accuracy"),
+                       ("eval/rewards/margins", "held-out reward margin"), ("eval/logps/chosen", "held-out log π(chosen)")):
+        if key in end:
+            rows.append((label, f"{start.get(key, float('nan')):.4f} → {end[key]:.4f}"))
+    for key, label in (("steps", "steps"), ("train_tokens", "training tokens"), ("tokens_per_s", "tokens/s"),
+                       ("peak_rss_mb", "peak RSS (MB)"), ("wall_seconds", "wall time (s)"), ("best_step", "best step"),
+                       ("output", "model")):
+        if summary.get(key) is not None:
+            value = summary[key]
+            rows.append((label, f"{value:,.0f}" if isinstance(value, float) else str(value)))
+    return rows
+
+
+def write_html(run_dir: Path) -> Path:
+    """RUN/report.html: one self-contained page (plots embedded) with the run's summary, warnings and config."""
+    import base64
+    import html
+
+    png = plot_run(run_dir)
+    summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    config = config_path.read_text(encoding="utf-8") if config_path.is_file() else "(no config.yaml)"
+    image = base64.b64encode(png.read_bytes()).decode()
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _summary_rows(summary))
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in summary.get("warnings", []))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dpokit run: {html.escape(str(run_dir))}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1150px}} th{{text-align:left;padding-right:2em}}
+.warn{{background:#fff3cd;padding:.5em 1em;border-left:4px solid #e0a800}} pre{{background:#f6f6f6;padding:1em}}</style>
+</head><body>
+<h1>dpokit run: {html.escape(str(run_dir))}</h1>
+<table id="summary">{rows or "<tr><td>no summary.json yet (the run has not finished)</td></tr>"}</table>
+{f'<div class="warn" id="warnings"><b>Warnings</b><ul>{warnings}</ul></div>' if warnings else ''}
+<h2>Metrics over steps (train: lines, held-out: dots)</h2>
+<img id="plots" alt="loss, reward accuracy, margins and log-probs over steps" width="1100"
+     src="data:image/png;base64,{image}">
+<h2>Config</h2>
+<pre id="config">{html.escape(config)}</pre>
+<script>
+window.addEventListener("load", () => {{
+  const shown = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesLoaded = String(shown);
+}});
+</script>
+</body></html>
+"""
+    out = run_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..losses import LN2, LOSSES
 from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, load_tokenizer, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
-from ..report import plot_run
+from ..report import write_html
 from .loop import pairs_reached, train_dpo
 from .setup import default_dtype, make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype, save_final  # noqa: F401
 
@@ -125,7 +125,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
                "estimated_memory_mb": estimated.total / 2**20,
                "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final"), "final_is": final_is}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary["report"] = str(plot_run(run_dir))
+    summary["report"] = str(write_html(run_dir))
     if not quiet:
         print(format_summary(summary))
     return summary
@@ -155,5 +155,5 @@ def format_summary(s: dict) -> str:
         lines.append(f"  final/ is the best model by held-out loss (step {s['best_step']})")
     lines += [f"  warning: {w}" for w in s.get("warnings", [])]
     lines.append(f"  model: {s['output']}")
-    lines.append(f"  plots: {s['report']}")
+    lines.append(f"  report: {s['report']}  (plots: report.png)")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from ..data.sft import load_coh_examples, load_sft_examples
 from ..data.tokenize import tokenize_examples
 from ..errors import UserError
 from ..models import load_policy, load_tokenizer, resolve_model_path
-from ..report import plot_run
+from ..report import write_html
 from .loop import train_loop
 from .objectives import SFTObjective
 from .setup import make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype, save_final
@@ -77,7 +77,7 @@ def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
     summary = {"command": command, **data_summary, **result, "dtype": dtype, "processes": accelerator.num_processes, "wall_seconds": time.time() - started,
                "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final"), "final_is": final_is}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary["report"] = str(plot_run(run_dir))
+    summary["report"] = str(write_html(run_dir))
     if not quiet:
         print(format_sft_summary(summary))
     return summary
@@ -97,5 +97,5 @@ def format_sft_summary(s: dict) -> str:
         lines.append(f"  final/ is the best model by held-out loss (step {s['best_step']})")
     lines += [f"  warning: {w}" for w in s.get("warnings", [])]
     lines.append(f"  model: {s['output']}")
-    lines.append(f"  plots: {s['report']}")
+    lines.append(f"  report: {s['report']}  (plots: report.png)")
     return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""The overfitting watch on constructed metric trajectories: it fires on overfitting and stays quiet on health."""
+from dpokit.train.watch import OverfitWatch, chosen_likelihood_drop, stalled_while_training_rises
+
+
+def trajectory(eval_losses, train_margins, eval_every=10):
+    """Train records every step (margin given per eval interval) and an eval record every `eval_every` steps."""
+    records = []
+    for i, loss in enumerate(eval_losses):
+        step = i * eval_every
+        if i:
+            records += [{"step": s, "loss": 0.5, "rewards/margins": train_margins[i - 1]}
+                        for s in range(step - eval_every + 1, step + 1)]
+        records.append({"step": step, "eval/loss": loss})
+    return records
+
+
+def test_fires_when_heldout_stalls_while_train_margin_rises():
+    records = trajectory([0.69, 0.60, 0.61, 0.63, 0.66], [0.1, 0.5, 1.0, 2.0])
+    warning = stalled_while_training_rises(records, patience=3)
+    assert warning and "step 40" in warning and "0.6000 (step 10)" in warning
+
+
+def test_quiet_while_heldout_improves():
+    records = trajectory([0.69, 0.60, 0.55, 0.52, 0.50], [0.1, 0.5, 1.0, 2.0])
+    assert stalled_while_training_rises(records, patience=3) is None
+
+
+def test_quiet_when_both_stall():
+    """Held-out flat and train margin flat too: not fitting the training set either, so no overfitting claim."""
+    records = trajectory([0.69, 0.60, 0.61, 0.62, 0.61], [0.5, 0.4, 0.4, 0.3])
+    assert stalled_while_training_rises(records, patience=3) is None
+
+
+def test_too_few_evaluations_say_nothing():
+    assert stalled_while_training_rises(trajectory([0.69, 0.7], [0.1]), patience=3) is None
+
+
+def test_chosen_likelihood_drop():
+    # eval/rewards/chosen = β · mean Δlog π(chosen) → Δ = −0.8 / 0.1 = −8 nats, below −5
+    assert "8.0 nats" in chosen_likelihood_drop({"step": 30, "eval/rewards/chosen": -0.8}, beta=0.1, chosen_drop=5.0)
+    assert chosen_likelihood_drop({"step": 30, "eval/rewards/chosen": -0.4}, beta=0.1, chosen_drop=5.0) is None
+    assert chosen_likelihood_drop({"step": 30, "eval/loss": 1.0}, beta=0.1, chosen_drop=5.0) is None  # SFT: no rewards
+
+
+def test_watch_tracks_best_stops_after_patience_and_warns_once():
+    watch = OverfitWatch(patience=2, beta=0.1, chosen_drop=5.0)
+    improved = []
+    for i, (loss, chosen) in enumerate([(0.69, 0.0), (0.60, -0.2), (0.62, -0.7), (0.64, -0.9)]):
+        step = 10 * i
+        if i:
+            for s in range(step - 9, step + 1):
+                watch.add_train({"step": s, "loss": 0.4, "rewards/margins": float(i)})
+        ok, _ = watch.add_eval(step, {"eval/loss": loss, "eval/rewards/chosen": chosen})
+        improved.append(ok)
+    assert improved == [True, True, False, False]
+    assert watch.best_step == 10 and watch.should_stop()
+    assert len(watch.warnings) == 2  # stall once, chosen drop once (not again at step 30)
