@@ -10,6 +10,7 @@ from dpokit.errors import NonFiniteError, UserError
 from dpokit.memory import MemoryEstimate, check_fits, estimate
 from dpokit.models import resolve_model_path
 from dpokit.train import loop as loop_module
+from dpokit.train import objectives as objectives_module  # DPOObjective calls objectives.objective
 
 
 @pytest.fixture()
@@ -22,7 +23,7 @@ def pairs_file(tmp_path):
 
 def poison_step(monkeypatch, bad_step: int):
     """Make the loss NaN on one step (1-based) by wrapping the real objective."""
-    real = loop_module.objective
+    real = objectives_module.objective
     calls = {"n": 0}
 
     def objective(policy, ref, batch, config):
@@ -33,7 +34,7 @@ def poison_step(monkeypatch, bad_step: int):
                 loss = loss * float("nan")
         return loss, metrics
 
-    monkeypatch.setattr(loop_module, "objective", objective)
+    monkeypatch.setattr(objectives_module, "objective", objective)
 
 
 def base_args(model_dir, data, out):

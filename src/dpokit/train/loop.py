@@ -115,6 +115,19 @@ def prepare_eval(eval_examples, collate, pad_id: int, micro_size: int, accelerat
     return [(collate([eval_examples[i] for i in idx], pad_id).to(accelerator.device), idx) for idx in chunks]
 
 
+def update(optimizer, scheduler, finite: bool, config, nonfinite_message) -> bool:
+    """The optimizer step (if loss and gradients were finite), the schedule step, and zeroed gradients.
+
+    Returns whether the weights were updated; a non-finite step stops the run unless --skip-nonfinite."""
+    if finite:
+        optimizer.step()
+    elif not config.skip_nonfinite:
+        raise NonFiniteError(nonfinite_message())
+    scheduler.step()  # a skipped step moves the schedule and the data order on as if it had happened
+    optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
 def total_steps(config, num_pairs: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -165,12 +178,10 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     start_step = resumed["step"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
-    watch = OverfitWatch(patience=config.patience, beta=getattr(config, "beta", None),
-                         chosen_drop=getattr(config, "warn_chosen_drop", 5.0))
-    if resumed["best_eval_loss"] is not None:  # --early-stop's best so far travels with the checkpoint
-        watch.best_loss, watch.best_step = resumed["best_eval_loss"], resumed["best_step"]
+    watch = OverfitWatch.for_run(config, resumed)
 
     def after_eval(step: int, metrics: dict) -> list[str]:
+        """Warnings to show; with --early-stop the best model so far goes to OUTPUT/best."""
         improved, warnings = watch.add_eval(step, metrics)
         for warning in warnings:
             tqdm.write(f"dpokit: warning: {warning}")
@@ -198,14 +209,9 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
         sums, step_tokens, finite = accumulate_gradients(module, objective, micro_batches, accelerator)
         grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm or float("inf"))
         done = step + 1
-        if finite and torch.isfinite(grad_norm):
-            optimizer.step()
-        elif config.skip_nonfinite:
-            skipped_steps += 1  # no update; the schedule and the data order move on as if it had happened
-        else:
-            raise NonFiniteError(nonfinite_message(done, [train_examples[i].origin for i in indices], run_dir))
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if not update(optimizer, scheduler, finite and bool(torch.isfinite(grad_norm)), config,
+                      lambda: nonfinite_message(done, [train_examples[i].origin for i in indices], run_dir)):
+            skipped_steps += 1
 
         tokens_seen += step_tokens
         means = sums.means()
@@ -227,9 +233,7 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
         if config.save_every and done % config.save_every == 0 and done != steps:
             if main:
                 save_checkpoint(run_dir, done, unwrap(), tokenizer, optimizer, scheduler,
-                                totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps,
-                                        "best_eval_loss": watch.best_loss if watch.best_step is not None else None,
-                                        "best_step": watch.best_step})
+                                totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps, **watch.totals()})
                 prune_checkpoints(run_dir, config.keep_checkpoints)
             accelerator.wait_for_everyone()
         shown = {"acc": f"{record[objective.progress_key]:.2f}"} if objective.progress_key else {}

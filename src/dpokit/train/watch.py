@@ -71,6 +71,19 @@ class OverfitWatch:
     warnings: list[str] = field(default_factory=list)
     fired: set = field(default_factory=set)  # each kind of warning is given once per run
 
+    @classmethod
+    def for_run(cls, config, resumed: dict) -> "OverfitWatch":
+        """The watch of one run; after --resume, --early-stop's best so far comes back from the checkpoint."""
+        watch = cls(patience=config.patience, beta=getattr(config, "beta", None),
+                    chosen_drop=getattr(config, "warn_chosen_drop", 5.0))
+        if resumed.get("best_eval_loss") is not None:
+            watch.best_loss, watch.best_step = resumed["best_eval_loss"], resumed["best_step"]
+        return watch
+
+    def totals(self) -> dict:
+        """What a checkpoint must carry so that a resumed run knows its best held-out loss."""
+        return {"best_eval_loss": self.best_loss if self.best_step is not None else None, "best_step": self.best_step}
+
     def add_train(self, record: dict) -> None:
         self.records.append({k: v for k, v in record.items() if not k.startswith("eval/")})
 
