@@ -1,6 +1,5 @@
 """`dpokit sft`, `dpokit coh` and LoRA DPO end to end on a tiny model: real CLI, real files."""
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

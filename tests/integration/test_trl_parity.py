@@ -32,7 +32,7 @@ from dpokit.data.collate import collate_pairs  # noqa: E402
 from dpokit.data.tokenize import tokenize_pair  # noqa: E402
 from dpokit.logprobs import PairLogpsModule  # noqa: E402
 from dpokit.reference import LiveReference  # noqa: E402
-from dpokit.train.loop import objective  # noqa: E402
+from dpokit.train.objectives import objective  # noqa: E402
 from dpokit.types import PreferencePair, TokenizedPair  # noqa: E402
 from tiny import make_model  # noqa: E402
 

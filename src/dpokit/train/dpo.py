@@ -1,9 +1,7 @@
 """`dpokit dpo` as a story: set up (data, then models) → train → save → summarise."""
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -16,9 +14,8 @@ from ..errors import UserError
 from ..losses import LN2, LOSSES
 from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, load_tokenizer, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
-from ..report import write_html
 from .loop import pairs_reached, train_dpo
-from .setup import default_dtype, make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype, save_final  # noqa: F401
+from .setup import finish_run, make_accelerator, prepare_run_dir, run_dtype, summary_tail
 
 
 def check_margins(config: DPOConfig, pairs) -> None:
@@ -118,14 +115,10 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     trained = result.pop("policy")
     if not main:
         return result
-    final_is = save_final(run_dir, trained, tokenizer, config)
-
-    summary = {**data.summary, **result, "dtype": dtype, "processes": accelerator.num_processes,
-               "reference": str(reference.path) if getattr(reference, "path", None) else "live", "wall_seconds": time.time() - started,
-               "estimated_memory_mb": estimated.total / 2**20,
-               "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final"), "final_is": final_is}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary["report"] = str(write_html(run_dir))
+    reference_source = str(reference.path) if getattr(reference, "path", None) else "live"
+    summary = finish_run(run_dir, trained, tokenizer, config, {
+        **data.summary, **result, "dtype": dtype, "reference": reference_source,
+        "estimated_memory_mb": estimated.total / 2**20}, accelerator, started)
     if not quiet:
         print(format_summary(summary))
     return summary
@@ -148,12 +141,5 @@ def format_summary(s: dict) -> str:
             lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}")
         lines.append(f"  (at the start the policy equals the reference: loss ln 2 = {LN2:.4f}, every margin 0; "
                      "a tie counts as a wrong answer, so accuracy starts at 0)")
-    if s.get("stopped_early_at"):
-        lines.append(f"  early stop at step {s['stopped_early_at']}; final/ is the best model by held-out loss "
-                     f"(step {s['best_step']})")
-    elif s.get("final_is") == "best":
-        lines.append(f"  final/ is the best model by held-out loss (step {s['best_step']})")
-    lines += [f"  warning: {w}" for w in s.get("warnings", [])]
-    lines.append(f"  model: {s['output']}")
-    lines.append(f"  report: {s['report']}  (plots: report.png)")
+    lines += summary_tail(s)
     return "\n".join(lines)

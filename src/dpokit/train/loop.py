@@ -15,7 +15,7 @@ from ..errors import NonFiniteError, UserError
 from ..types import TokenizedPair
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_pretrained_atomic
 from .metrics import MetricsLog, MetricSums
-from .objectives import DPOObjective, objective  # noqa: F401  (objective: the DPO loss of one batch, used by tests)
+from .objectives import DPOObjective
 from .watch import OverfitWatch
 
 

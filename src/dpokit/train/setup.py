@@ -76,3 +76,32 @@ def save_final(run_dir: Path, trained, tokenizer, config) -> str:
         return "best"
     save_pretrained_atomic(trained, tokenizer, run_dir / "final")
     return "last"
+
+
+def finish_run(run_dir: Path, trained, tokenizer, config, summary: dict, accelerator, started: float) -> dict:
+    """Save final/ (or the best model), write summary.json and the report; returns the summary with its paths."""
+    import json
+    import time
+
+    from ..report import write_html
+
+    final_is = save_final(run_dir, trained, tokenizer, config)
+    summary = {**summary, "processes": accelerator.num_processes, "wall_seconds": time.time() - started,
+               "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final"), "final_is": final_is}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary["report"] = str(write_html(run_dir))
+    return summary
+
+
+def summary_tail(s: dict) -> list[str]:
+    """The closing lines every command prints: early stop, warnings, where the model and the report are."""
+    lines = []
+    if s.get("stopped_early_at"):
+        lines.append(f"  early stop at step {s['stopped_early_at']}; final/ is the best model by held-out loss "
+                     f"(step {s['best_step']})")
+    elif s.get("final_is") == "best":
+        lines.append(f"  final/ is the best model by held-out loss (step {s['best_step']})")
+    lines += [f"  warning: {w}" for w in s.get("warnings", [])]
+    lines.append(f"  model: {s['output']}")
+    lines.append(f"  report: {s['report']}  (plots: report.png)")
+    return lines

@@ -15,10 +15,9 @@ from ..data.sft import load_coh_examples, load_sft_examples
 from ..data.tokenize import tokenize_examples
 from ..errors import UserError
 from ..models import load_policy, load_tokenizer, resolve_model_path
-from ..report import write_html
 from .loop import train_loop
 from .objectives import SFTObjective
-from .setup import make_accelerator, peak_rss_mb, prepare_run_dir, run_dtype, save_final
+from .setup import finish_run, make_accelerator, prepare_run_dir, run_dtype, summary_tail
 
 from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by `generate --coh`
 
@@ -69,15 +68,12 @@ def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
     trained = result.pop("policy")
     if not main:
         return result
-    final_is = save_final(run_dir, trained, tokenizer, config)
+    command = "coh" if isinstance(config, CoHConfig) else "sft"
+    summary = finish_run(run_dir, trained, tokenizer, config, {"command": command, **data_summary, **result,
+                                                                "dtype": dtype}, accelerator, started)
     if isinstance(config, CoHConfig):
         phrases = {"positive": config.positive, "negative": config.negative}
         (run_dir / "final" / COH_FILE).write_text(json.dumps(phrases), encoding="utf-8")
-    command = "coh" if isinstance(config, CoHConfig) else "sft"
-    summary = {"command": command, **data_summary, **result, "dtype": dtype, "processes": accelerator.num_processes, "wall_seconds": time.time() - started,
-               "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final"), "final_is": final_is}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary["report"] = str(write_html(run_dir))
     if not quiet:
         print(format_sft_summary(summary))
     return summary
@@ -90,12 +86,5 @@ def format_sft_summary(s: dict) -> str:
     if end:
         lines.append(f"  held-out loss (NLL per answer token, {s['examples']['eval']} examples): "
                      f"{start.get('eval/loss', float('nan')):.4f} → {end['eval/loss']:.4f}")
-    if s.get("stopped_early_at"):
-        lines.append(f"  early stop at step {s['stopped_early_at']}; final/ is the best model by held-out loss "
-                     f"(step {s['best_step']})")
-    elif s.get("final_is") == "best":
-        lines.append(f"  final/ is the best model by held-out loss (step {s['best_step']})")
-    lines += [f"  warning: {w}" for w in s.get("warnings", [])]
-    lines.append(f"  model: {s['output']}")
-    lines.append(f"  report: {s['report']}  (plots: report.png)")
+    lines += summary_tail(s)
     return "\n".join(lines)
