@@ -149,7 +149,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .plan import plan_command
+    from .commands_plan import plan_command
 
     return plan_command(args)
 
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
     plan = sub.add_parser("plan", help="estimate memory per device and step time of a run on N GPUs (no weights loaded)",
                           description="Memory per device and step time of a DPO run, from the model's config alone.")
-    from .plan import add_plan_arguments
+    from .commands_plan import add_plan_arguments
 
     add_plan_arguments(plan)
     plan.set_defaults(func=cmd_plan)
