@@ -48,3 +48,9 @@ def test_sentiment_tiny_run_writes_consistent_results(tiny_model_dir, tmp_path):
                             "--work", str(work)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["methods"] == methods  # seeded: the same numbers
+    assert "reusing" in again.stdout
+
+    (out / "frontier.png").unlink()
+    redraw = subprocess.run([sys.executable, str(SCRIPT), "--plot-only", "--out", str(out), "--work", str(work)],
+                            capture_output=True, text=True, timeout=120)
+    assert redraw.returncode == 0 and (out / "frontier.png").is_file(), redraw.stderr[-3000:]
