@@ -55,3 +55,20 @@ def make_model_dir(path: Path, seed: int = 0, hidden: int = 64, layers: int = 2)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def make_adapter_dir(base_dir: Path, path: Path) -> Path:
+    """A LoRA adapter on the tiny model in `base_dir` whose B matrices are non-zero, so it changes every output."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    model.save_pretrained(path)
+    return path

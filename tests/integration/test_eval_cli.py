@@ -8,7 +8,7 @@ import torch
 from dpokit.cli import main
 from dpokit.data.tokenize import tokenize_pairs
 from dpokit.data.validate import load_pairs
-from tiny import ASSETS
+from tiny import ASSETS, make_adapter_dir
 
 MAXLEN = ["--max-length", 96, "--max-prompt-length", 48]
 
@@ -43,20 +43,7 @@ def ref_copy(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tmp_path_factory):
     """A LoRA adapter on the tiny model with non-zero B matrices, so it changes every log-prob."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    model.peft_config["default"].base_model_name_or_path = str(tiny_model_dir)
-    path = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(path)
-    return path
+    return make_adapter_dir(tiny_model_dir, tmp_path_factory.mktemp("adapter"))
 
 
 def naive_logps(model, prompt_ids, completion_ids) -> float:

@@ -12,6 +12,7 @@ from dpokit.cli import main
 from dpokit.export import export
 from dpokit.generate import (CohPhrases, coh_prefix, cut_at_negative, encode, generate, load_coh_phrases,
                              load_for_generation, render_prompt, sampling_args)
+from tiny import make_adapter_dir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PROMPTS = ["Hello, how are you?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]]
@@ -20,19 +21,7 @@ PROMPTS = ["Hello, how are you?", [{"role": "system", "content": "Be brief."}, {
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tmp_path_factory):
     """A LoRA adapter on the tiny model whose B matrices are non-zero, so it changes the outputs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    model.peft_config["default"].base_model_name_or_path = str(tiny_model_dir)
-    path = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(path)
+    path = make_adapter_dir(tiny_model_dir, tmp_path_factory.mktemp("adapter"))
     (path / "dpokit_coh.json").write_text(json.dumps({"positive": "Good:", "negative": "Bad:"}))
     return path
 

@@ -16,7 +16,7 @@ from ..errors import DataError
 from ..types import PreferencePair, SFTExample
 from .adapters import RowError, _messages, _sharegpt_turn, _text, _type, detect_shape, to_pair
 from .io import read_records
-from .validate import Problem, load_pairs
+from .validate import Problem, _shape_problem, load_pairs
 
 
 @dataclass
@@ -104,9 +104,9 @@ def load_sft_examples(path: str | Path, *, skip_invalid: bool = False) -> SFTLoa
             report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
             continue
         report.shape = report.shape or shape
-        if shape != report.shape:
-            report.problems.append(Problem(record.origin, None, f"row shape '{shape}' differs from the file's shape "
-                                                                 f"'{report.shape}'", "shape"))
+        mixed = _shape_problem(record.origin, shape, report.shape)
+        if mixed:
+            report.problems.append(mixed)
         elif not example.answer.strip():
             report.problems.append(Problem(record.origin, None, "the answer is empty", "empty_completion"))
         else:

@@ -1,7 +1,6 @@
 """`dpokit dpo` as a story: set up (data, then models) → train → save → summarise."""
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -12,10 +11,10 @@ from ..data.collate import collator
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
 from ..losses import LN2, LOSSES
-from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, load_tokenizer, resolve_model_path
+from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
 from .loop import pairs_reached, train_dpo
-from .setup import finish_run, make_accelerator, prepare_run_dir, run_dtype, summary_tail
+from .setup import finish_run, start_run, summary_tail
 
 
 def check_margins(config: DPOConfig, pairs) -> None:
@@ -91,16 +90,9 @@ def fill_cache(source, tables, splits, missing, config: DPOConfig, tokenizer, ac
 
 def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     """One process, or one of several under `accelerate launch`: only the main process writes files."""
-    started = time.time()
-    accelerator = make_accelerator(config)
+    started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config)
     main = accelerator.is_main_process
-    run_dir = prepare_run_dir(config, modify=main)
-    accelerator.wait_for_everyone()
-    dtype = run_dtype(config)
-
     # Data first: every data problem surfaces before minutes go into loading a model.
-    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
     data = prepare_preference_data(config, tokenizer)
     check_margins(config, data.train + data.eval)
 

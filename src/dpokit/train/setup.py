@@ -105,3 +105,19 @@ def summary_tail(s: dict) -> list[str]:
     lines.append(f"  model: {s['output']}")
     lines.append(f"  report: {s['report']}  (plots: report.png)")
     return lines
+
+
+def start_run(config):
+    """What every training command does first: one Accelerator, the run folder (checked by every process, made by
+    the main one), the dtype, and the model path and tokenizer (so data problems surface before weights load)."""
+    import time
+
+    from ..models import load_tokenizer, resolve_model_path
+
+    started = time.time()
+    accelerator = make_accelerator(config)
+    run_dir = prepare_run_dir(config, modify=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    return started, accelerator, run_dir, run_dtype(config), model_path, tokenizer

@@ -6,7 +6,6 @@ data differs, and the run's final/ folder records the feedback phrases for `dpok
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 
 from ..config import CoHConfig, SFTConfig, dump_config
@@ -14,10 +13,10 @@ from ..data.prepare import resolve_data_path, split_pairs
 from ..data.sft import load_coh_examples, load_sft_examples
 from ..data.tokenize import tokenize_examples
 from ..errors import UserError
-from ..models import load_policy, load_tokenizer, resolve_model_path
+from ..models import load_policy
 from .loop import train_loop
 from .objectives import SFTObjective
-from .setup import finish_run, make_accelerator, prepare_run_dir, run_dtype, summary_tail
+from .setup import finish_run, start_run, summary_tail
 
 from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by `generate --coh`
 
@@ -50,15 +49,8 @@ def prepare_sft_data(config: SFTConfig, tokenizer):
 
 
 def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
-    started = time.time()
-    accelerator = make_accelerator(config)
+    started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config)
     main = accelerator.is_main_process
-    run_dir = prepare_run_dir(config, modify=main)
-    accelerator.wait_for_everyone()
-    dtype = run_dtype(config)
-
-    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
     train, held_out, data_summary = prepare_sft_data(config, tokenizer)
     model = load_policy(model_path, config, dtype)
     if main:
