@@ -320,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except UserError as e:
         print(f"dpokit: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -335,6 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dpokit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave_process_group(wait=finished)
+
+
+def leave_process_group(wait: bool) -> None:
+    """Under `accelerate launch`, every rank leaves together and tears its process group down before exiting.
+
+    A rank that simply exits while another still writes the final model dies in gloo's static teardown
+    ("terminate called without an active exception", SIGABRT), and the launcher then kills the writer."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if wait:  # after an error the other ranks may never arrive
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
