@@ -74,6 +74,8 @@ class TrainConfig:
     overwrite: bool = opt(False, "allow writing into a non-empty --output (deletes what is there)")
     trust_remote_code: bool = opt(False, "allow model code from the model folder (off: only transformers' own code runs)")
     log_every: int = opt(1, "write a metrics line every N steps")
+    cpu_malloc: str = opt("lean", "CPU allocator policy: lean = glibc hands large freed tensors back to the system at "
+                                  "once (lower peak RSS); glibc = its defaults", choices=("lean", "glibc"))
 
     def __post_init__(self):
         check_train_config(self)

@@ -2,7 +2,7 @@
 
 Every pair is longer than max_length, so each is cut to exactly the planner's worst case (prompt = max_prompt_length,
 both answers max_length - prompt): the run and the plan see the same tokens. The planner's CPU estimate must be
-within TOLERANCE of the measured peak (measured errors: -4% plain, -6% with checkpointing; docs/scale.md).
+within TOLERANCE of the measured peak (measured errors with the default lean allocator: -0.2% plain, +0.3% with checkpointing; docs/scale.md).
 """
 import json
 import os
@@ -51,12 +51,16 @@ def dpokit(*args, cache):
                           env=env, timeout=600)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
-def test_cpu_estimate_within_tolerance_of_measured_peak_rss(small_model, long_pairs, tmp_path, checkpointing):
+RUNS = {"plain": ([], {}), "checkpointing": (["--gradient-checkpointing"], {"gradient_checkpointing": True}),
+        "cache-off": (["--reference-cache", "off"], {"reference_cache": "off"})}
+
+
+@pytest.mark.parametrize("run_kind", list(RUNS))
+def test_cpu_estimate_within_tolerance_of_measured_peak_rss(small_model, long_pairs, tmp_path, run_kind):
     from dpokit.plan import PlanSettings, make_plan, model_shape
 
     run = tmp_path / "run"
-    flags = ["--gradient-checkpointing"] if checkpointing else []
+    flags, planned = RUNS[run_kind]
     result = dpokit("dpo", "--model", small_model, "--data", long_pairs, "--output", run, "--max-steps", 2,
                     "--batch-size", BATCH, "--max-length", MAX_LENGTH, "--max-prompt-length", PROMPT,
                     "--eval-fraction", 0, *flags, cache=tmp_path / "cache")
@@ -66,7 +70,7 @@ def test_cpu_estimate_within_tolerance_of_measured_peak_rss(small_model, long_pa
     measured = summary["peak_rss_mb"] * 2**20
 
     settings = PlanSettings(device="cpu", gpus=1, gpu_mem_gb=64, batch_size=BATCH, max_length=MAX_LENGTH,
-                            prompt_length=PROMPT, dtype="float32", gradient_checkpointing=checkpointing)
+                            prompt_length=PROMPT, dtype="float32", **planned)
     estimate = make_plan(model_shape(str(small_model)), settings).total
     error = estimate / measured - 1
     assert abs(error) <= TOLERANCE, f"estimate {estimate / 2**20:.0f} MB vs measured {measured / 2**20:.0f} MB ({error:+.1%})"

@@ -112,9 +112,11 @@ def start_run(config):
     the main one), the dtype, and the model path and tokenizer (so data problems surface before weights load)."""
     import time
 
+    from ..allocator import set_cpu_malloc
     from ..models import load_tokenizer, resolve_model_path
 
     started = time.time()
+    set_cpu_malloc(config.cpu_malloc)  # before any large tensor is allocated
     accelerator = make_accelerator(config)
     run_dir = prepare_run_dir(config, modify=accelerator.is_main_process)
     accelerator.wait_for_everyone()
