@@ -55,6 +55,10 @@ class TrainConfig:
                            "--early-stop, before stopping)")
     group_by_length: bool = opt(False, "batch examples of similar length together (sorted within windows of 16 batches)")
     full_logits: bool = opt(False, "compute logits at every position (the obvious path) instead of only at answer tokens")
+    attention: str = opt("sdpa", "attention kernels: sdpa (PyTorch's; on a GPU it picks flash or memory-efficient "
+                                 "kernels itself), eager, or flash_attention_2 (the flash-attn package on a CUDA GPU; "
+                                 "its kernels take no custom mask, so DPO needs --layout padded and SFT no --packing)",
+                         choices=("sdpa", "eager", "flash_attention_2"))
     gradient_checkpointing: bool = opt(False, "recompute layer activations in backward: less memory, about a third more compute")
     mixed_precision: str = opt("no", "autocast forward/backward in bf16 or fp16 over float32 weights (accelerate; "
                                      "fp16 uses a loss scale)", choices=("no", "bf16", "fp16"))
@@ -170,6 +174,8 @@ def check_train_config(c: TrainConfig) -> None:
     if getattr(c, "tokens_per_row", None) is not None and not (getattr(c, "layout", None) == "packed"
                                                                 or getattr(c, "packing", False)):
         bad("tokens_per_row", "only packed rows use it; add --layout packed (dpo) or --packing (sft), or drop it")
+    if c.attention == "flash_attention_2" and getattr(c, "packing", False):
+        bad("attention", "flash_attention_2 takes no custom mask, and packed rows need one; drop --packing or use sdpa")
 
 
 def check_dpo_config(c: DPOConfig) -> None:
@@ -187,6 +193,9 @@ def check_dpo_config(c: DPOConfig) -> None:
         bad("label_smoothing", f"must be in [0, 0.5), got {c.label_smoothing}")
     if c.loss != "odpo" and c.odpo_alpha != 1.0:
         bad("odpo_alpha", "only the odpo loss uses it")
+    if c.attention == "flash_attention_2" and c.layout != "padded":
+        bad("attention", f"flash_attention_2 takes no custom mask, and the {c.layout} layout needs one (rejected must "
+                         "not see chosen); use --layout padded with it, or --attention sdpa")
 
 
 def _field_type(cls, f) -> type:

@@ -18,7 +18,7 @@ from .errors import UserError
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Python with torch, transformers and the model code imported, before any weight loads: 408-420 MB measured on
 # SmolLM2 runs. (It was 600 MB while glibc's heap fragments also had to be covered; dpokit.allocator's lean
-# policy, the default, removes them. With --cpu-malloc glibc the peak runs 15-25% over this estimate.)
+# policy, the default, removes them. With --cpu-malloc glibc the peak ran 5-30% over the estimate.)
 RUNTIME_CPU = 420 * 2**20
 
 

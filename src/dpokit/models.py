@@ -106,18 +106,28 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def check_attention(attention: str) -> None:
+    """flash_attention_2 needs a CUDA GPU and the flash-attn package: say so before any weight loads."""
+    import importlib.util
+
+    if attention == "flash_attention_2" and not (torch.cuda.is_available() and importlib.util.find_spec("flash_attn")):
+        raise UserError("--attention flash_attention_2 needs a CUDA GPU and the flash-attn package "
+                        "(pip install flash-attn); --attention sdpa uses PyTorch's own flash kernels on GPUs")
+
+
 def load_model(path: Path, *, dtype: str = "float32", trust_remote_code: bool = False, train: bool = True,
-               allow_pickle: bool = False, quantization=None):
-    """A causal LM in the given dtype, dropout off (DPO's log-ratios must be deterministic).
+               allow_pickle: bool = False, quantization=None, attention: str = "sdpa"):
+    """A causal LM in the given dtype and attention kernels, dropout off (DPO's log-ratios must be deterministic).
 
     An adapter folder loads as its base with the adapter merged in (for inference and as a reference)."""
     from transformers import AutoModelForCausalLM
 
+    check_attention(attention)
     if is_adapter_dir(path):
         from peft import PeftModel
 
         base = load_model(adapter_base(path), dtype=dtype, trust_remote_code=trust_remote_code, train=False,
-                          allow_pickle=allow_pickle)
+                          allow_pickle=allow_pickle, attention=attention)
         model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
         model.train(train)
         model.requires_grad_(train)
@@ -126,7 +136,8 @@ def load_model(path: Path, *, dtype: str = "float32", trust_remote_code: bool = 
     # use_safetensors=None: transformers prefers safetensors and loads .bin with torch.load(weights_only=True).
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype],
                                                  use_safetensors=None if allow_pickle else True,
-                                                 trust_remote_code=trust_remote_code, **extra)
+                                                 trust_remote_code=trust_remote_code, attn_implementation=attention,
+                                                 **extra)
     disable_dropout(model)
     if train:
         model.train()
@@ -218,7 +229,7 @@ def load_policy(path: Path, config, dtype: str):
     continuing = is_adapter_dir(path)
     base_path = adapter_base(path) if continuing else path
     model = load_model(base_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=True,
-                       allow_pickle=config.allow_pickle, quantization=quantization)
+                       allow_pickle=config.allow_pickle, quantization=quantization, attention=config.attention)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 

@@ -154,3 +154,32 @@ def test_validate_command_reports_shape_and_counts(tmp_path):
     result = dpokit("validate", data, "--no-tokens")
     assert "standard" in result.stdout and "identical" in result.stdout
     assert result.returncode == 1
+
+
+def test_attention_flag_reaches_the_model_and_gives_the_same_run(tiny_model_dir, pairs_file, tmp_path):
+    from dpokit.models import load_model
+
+    assert load_model(tiny_model_dir, attention="eager").config._attn_implementation == "eager"
+    assert load_model(tiny_model_dir).config._attn_implementation == "sdpa"
+    runs = {}
+    for attention in ("sdpa", "eager"):
+        run = tmp_path / attention
+        result = dpokit("dpo", "--model", tiny_model_dir, "--data", pairs_file, "--output", run, "--max-steps", 3,
+                        "--batch-size", 4, "--learning-rate", 1e-3, "--eval-fraction", 0, "--attention", attention)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"attention: {attention}" in (run / "config.yaml").read_text()
+        runs[attention] = [m["loss"] for m in read_metrics(run)]
+    assert len(runs["eager"]) == 3 and runs["eager"][-1] != runs["eager"][0]  # it trained
+    assert runs["eager"] == pytest.approx(runs["sdpa"], rel=1e-5)  # shared layout's mask means the same to both
+
+
+def test_flash_attention_needs_the_padded_layout_and_a_gpu(tiny_model_dir, pairs_file, tmp_path):
+    shared = dpokit("dpo", "--model", tiny_model_dir, "--data", pairs_file, "--output", tmp_path / "a",
+                    "--attention", "flash_attention_2")
+    assert shared.returncode == 2 and "Traceback" not in shared.stderr
+    assert "config: attention:" in shared.stderr and "--layout padded" in shared.stderr
+    if not torch.cuda.is_available():
+        padded = dpokit("dpo", "--model", tiny_model_dir, "--data", pairs_file, "--output", tmp_path / "b",
+                        "--attention", "flash_attention_2", "--layout", "padded", "--max-steps", 1)
+        assert padded.returncode == 2 and "needs a CUDA GPU and the flash-attn package" in padded.stderr
+        assert "Traceback" not in padded.stderr

@@ -46,7 +46,7 @@ def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, token
         if not config.ref:
             return None  # the policy before its first step is the reference
         return load_model(ref_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=False,
-                          allow_pickle=config.allow_pickle)
+                          allow_pickle=config.allow_pickle, attention=config.attention)
 
     if config.reference_cache == "off":
         model = reference_model()
