@@ -118,6 +118,7 @@ def add_plan_arguments(p) -> None:
     p.add_argument("--layout", choices=("shared", "packed", "padded"), help=f"batch layout (default {d.layout})")
     p.add_argument("--full-logits", action="store_true", default=None, help="logits at every position (not lean)")
     p.add_argument("--attention", choices=("sdpa", "eager"), help="eager keeps the attention scores for backward")
+    p.add_argument("--cpu-malloc", choices=("glibc", "lean"), help="with --cpu: the run's allocator policy (default glibc)")
     p.add_argument("--utilization", type=float, help=f"share of peak FLOP/s reached (default {d.utilization})")
     p.add_argument("--tflops", type=float, help=f"peak TFLOP/s per device (default {d.tflops:g}: H100 SXM bf16 dense)")
 

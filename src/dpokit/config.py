@@ -78,8 +78,9 @@ class TrainConfig:
     overwrite: bool = opt(False, "allow writing into a non-empty --output (deletes what is there)")
     trust_remote_code: bool = opt(False, "allow model code from the model folder (off: only transformers' own code runs)")
     log_every: int = opt(1, "write a metrics line every N steps")
-    cpu_malloc: str = opt("lean", "CPU allocator policy: lean = glibc hands large freed tensors back to the system at "
-                                  "once (lower peak RSS); glibc = its defaults", choices=("lean", "glibc"))
+    cpu_malloc: str = opt("glibc", "CPU allocator policy: glibc = its own defaults; lean = tensors of 1 MiB or more go "
+                                   "back to the system when freed (peak RSS about 10% lower, steps about 5-8% slower)",
+                          choices=("glibc", "lean"))
 
     def __post_init__(self):
         check_train_config(self)

@@ -16,10 +16,11 @@ import torch
 from .errors import UserError
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# Python with torch, transformers and the model code imported, before any weight loads: 408-420 MB measured on
-# SmolLM2 runs. (It was 600 MB while glibc's heap fragments also had to be covered; dpokit.allocator's lean
-# policy, the default, removes them. With --cpu-malloc glibc the peak ran 5-30% over the estimate.)
-RUNTIME_CPU = 420 * 2**20
+# Python, torch, tokenizer, data, and glibc's heap fragments: calibrated on CPU runs (docs/scale.md).
+RUNTIME_CPU = 600 * 2**20
+# With --cpu-malloc lean there are no heap fragments left to cover: Python with torch, transformers and the model
+# code imported, before any weight loads, measured at 408-420 MB on SmolLM2 runs.
+RUNTIME_CPU_LEAN = 420 * 2**20
 
 
 def layer_activation_elements(hidden: int, intermediate: int) -> int:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .memory import BYTES, RUNTIME_CPU, layer_activation_elements
+from .memory import BYTES, RUNTIME_CPU, RUNTIME_CPU_LEAN, layer_activation_elements
 
 GB = 2**30
 CHUNK_ROWS = 1024  # dpokit.logprobs.CHUNK_ROWS: answer positions per LM-head chunk
@@ -87,6 +87,7 @@ class PlanSettings:
     layout: str = "shared"
     full_logits: bool = False
     attention: str = "sdpa"  # eager also keeps (heads × T) scores per token per layer
+    cpu_malloc: str = "glibc"  # CPU runs: glibc's heap fragments are part of the runtime unless the lean policy is on
     utilization: float = 0.4
     tflops: float = 989.0  # H100 SXM dense bf16 peak
 
@@ -276,7 +277,7 @@ def estimate_memory(shape: ModelShape, s: PlanSettings) -> tuple[dict[str, int],
         parts["LM head"] = 3 * tokens * shape.vocab * 4
     else:
         parts["LM head"] = 3 * min(answers, CHUNK_ROWS) * shape.vocab * 4 + 2 * answers * shape.hidden * act
-    parts["runtime"] = RUNTIME_CPU if s.device == "cpu" else RUNTIME_GPU
+    parts["runtime"] = RUNTIME_GPU if s.device != "cpu" else RUNTIME_CPU_LEAN if s.cpu_malloc == "lean" else RUNTIME_CPU
     return parts, notes
 
 
