@@ -79,7 +79,7 @@ class TrainConfig:
     trust_remote_code: bool = opt(False, "allow model code from the model folder (off: only transformers' own code runs)")
     log_every: int = opt(1, "write a metrics line every N steps")
     cpu_malloc: str = opt("glibc", "CPU allocator policy: glibc = its own defaults; lean = tensors of 1 MiB or more go "
-                                   "back to the system when freed (peak RSS about 10% lower, steps about 5-8% slower)",
+                                   "back to the system when freed (peak RSS about 10% lower, steps 5-8% slower)",
                           choices=("glibc", "lean"))
 
     def __post_init__(self):
@@ -249,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         typ = _field_type(cls, f)
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")  # argparse %-formats help
         if typ is bool:
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:

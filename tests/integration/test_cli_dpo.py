@@ -146,6 +146,9 @@ def test_help_lists_flags():
                  "--batch-size", "--grad-accum", "--max-length", "--max-prompt-length", "--max-steps", "--epochs",
                  "--seed", "--eval-every", "--save-every", "--resume", "--overwrite", "--config"):
         assert flag in result.stdout
+    assert "10% lower" in result.stdout  # a literal % in a field's help text (argparse %-formats help)
+    for command in ("sft", "coh", "pipeline", "plan", "eval"):
+        assert dpokit(command, "--help").returncode == 0, command
     assert "validate" in dpokit("--help").stdout
 
 
