@@ -7,8 +7,8 @@ system when freed. Measured on SmolLM2-135M (bench pairs, 2 per step, 5 steps, C
 5 runs with glibc's policy, 3.47 GB in each of 3 runs with this one; tokens/s 161 → 153 (means; the runs spread
 from 130 to 178), and in bench/bench_dpo.py 168 → 155. A 128 KiB threshold saves more (3.36 GB) but costs a
 quarter of the throughput: every mid-sized buffer then pays for a fresh mapping and its page faults. Because it
-trades speed for memory, it is opt-in (`--cpu-malloc lean`); it also makes the peak predictable (same to the MB
-run after run), which is what `dpokit plan --cpu --cpu-malloc lean` counts on.
+trades speed for memory, it is opt-in (`--cpu-malloc lean`); it also makes the peak steadier (3.43-3.48 GB over
+6 SmolLM2 runs against 3.63-3.91 GB), which is what `dpokit plan --cpu --cpu-malloc lean` counts on.
 """
 from __future__ import annotations
 
