@@ -60,4 +60,5 @@ def train(model, reference, config: DPOConfig, dataset, tokenizer, eval_dataset=
                        config, run_dir)  # train_dpo makes its own Accelerator: one process
     if save:
         save_pretrained_atomic(result["policy"], tokenizer, run_dir / "final")
+    result.pop("policy_state")  # one process: the model holds its own weights
     return {**data.summary, **result, "model": result.pop("policy")}

@@ -100,15 +100,18 @@ class PairLogpsModule(torch.nn.Module):
     """The policy as a module whose forward returns pair log-probs.
 
     Distributed wrappers (DDP, FSDP) synchronise gradients through their module's forward; the lean path reaches
-    into the decoder and the LM head, so it must run inside one forward, not around it.
+    into the decoder and the LM head, so it must run inside one forward, not around it. The forward returns a
+    plain tuple (chosen, rejected, chosen_tokens, rejected_tokens), because DeepSpeed ZeRO-3 hooks its backward
+    gathers onto a module's output tensors and sees through tuples only; `PairLogps(*out)` rebuilds the record.
     """
 
     def __init__(self, model, lean: bool = True):
         super().__init__()
         self.model, self.lean = model, lean
 
-    def forward(self, batch: PreferenceBatch) -> PairLogps:
-        return batch_logps(self.model, batch, lean=self.lean)
+    def forward(self, batch: PreferenceBatch) -> tuple[torch.Tensor, ...]:
+        out = batch_logps(self.model, batch, lean=self.lean)
+        return out.chosen, out.rejected, out.chosen_tokens, out.rejected_tokens
 
 
 def sequence_logps(model, batch: SequenceBatch, lean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

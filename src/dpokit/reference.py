@@ -28,7 +28,7 @@ class LiveReference:
         self.model, self.lean = model, lean
 
     @torch.no_grad()
-    def logps(self, batch, split: str, indices: list[int]) -> PairLogps:
+    def logps(self, batch, split: str, indices: list[int], policy_module=None) -> PairLogps:
         return batch_logps(self.model, batch, lean=self.lean)
 
 
@@ -39,11 +39,16 @@ class AdaptersOffReference:
         self.peft_model, self.lean = peft_model, lean
 
     @torch.no_grad()
-    def logps(self, batch, split: str, indices: list[int]) -> PairLogps:
+    def logps(self, batch, split: str, indices: list[int], policy_module=None) -> PairLogps:
+        """`policy_module`: the prepared PairLogpsModule around this model. Going through it lets the engine
+        (ZeRO-3, FSDP) gather the sharded weights the base model needs; without it the model runs directly."""
         was_training = self.peft_model.training
         self.peft_model.eval()
         with self.peft_model.disable_adapter():
-            out = batch_logps(self.peft_model, batch, lean=self.lean)
+            if policy_module is not None:
+                out = PairLogps(*policy_module(batch))
+            else:
+                out = batch_logps(self.peft_model, batch, lean=self.lean)
         self.peft_model.train(was_training)
         return out
 
@@ -55,7 +60,7 @@ class CachedReference:
     tables: dict[str, torch.Tensor]  # "train" / "eval" → (N, 2) float32: chosen, rejected
     path: Path | None = None
 
-    def logps(self, batch, split: str, indices: list[int]) -> PairLogps:
+    def logps(self, batch, split: str, indices: list[int], policy_module=None) -> PairLogps:
         rows = self.tables[split][torch.tensor(indices, dtype=torch.long)].to(batch.input_ids.device)
         if torch.isnan(rows).any():
             raise RuntimeError(f"reference cache {self.path}: {split} pairs {indices} were never computed")

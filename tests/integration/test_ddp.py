@@ -43,15 +43,17 @@ def losses(run_dir):
     return [r["loss"] for r in records if "loss" in r]  # training steps (step 0 is the initial eval)
 
 
-@pytest.mark.parametrize("reference", ["off", "on"])
-def test_two_processes_of_two_pairs_equal_one_process_of_four(tiny_model_dir, data, tmp_path, reference):
+@pytest.mark.parametrize("flags", [["--reference-cache", "off"], ["--reference-cache", "on"],
+                                   ["--reference-cache", "on", "--grad-accum", 2]],
+                         ids=["live", "cached", "cached-grad-accum"])  # grad-accum: DDP's no_sync between micro-batches
+def test_two_processes_of_two_pairs_equal_one_process_of_four(tiny_model_dir, data, tmp_path, flags):
     one, two = tmp_path / "one", tmp_path / "two"
-    flags = ["--reference-cache", reference]
     r1 = run(common(tiny_model_dir, data, one) + flags, tmp_path / "c1")
     r2 = run(common(tiny_model_dir, data, two) + flags + ["--nproc", 2], tmp_path / "c2")
     assert r1.returncode == 0, r1.stderr[-1500:]
     assert r2.returncode == 0, r2.stderr[-1500:]
-    assert json.loads((two / "summary.json").read_text())["processes"] == 2  # really two ranks, not one
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["engine"] == "ddp"  # really two ranks, not one
     a, b = weights(one), weights(two)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     assert not torch.equal(a["model.embed_tokens.weight"], load_file(tiny_model_dir / "model.safetensors")

@@ -113,3 +113,21 @@ def test_recipe_plan_fits_8x80_with_lora_and_not_full_finetuning_on_one_24gb_car
     assert not full.fits
     assert full.parts["reference"] == mistral.params * 2  # a bf16 copy
     assert full.parts["weights"] + full.parts["gradients"] + full.parts["optimizer"] == 4 * mistral.params * 2
+
+
+def test_settings_deepspeed_cannot_honour_are_refused_before_loading(monkeypatch):
+    from dpokit.config import DPOConfig
+    from dpokit.errors import UserError
+    from dpokit.train import engine
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(UserError, match="--skip-nonfinite does not work under DeepSpeed"):
+        engine.check_config(DPOConfig(skip_nonfinite=True))
+    with pytest.raises(UserError, match="needs --mixed-precision bf16"):
+        engine.check_config(DPOConfig(dtype="bfloat16"))
+    engine.check_config(DPOConfig(mixed_precision="bf16"))  # DeepSpeed's bf16 mode over float32 weights is fine
+    assert engine.run_dtype(DPOConfig()) == "float32"  # DeepSpeed keeps float32 masters: load float32
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    engine.check_config(DPOConfig(skip_nonfinite=True))  # without DeepSpeed the loop skips the step itself
+    assert engine.run_dtype(DPOConfig()) is None

@@ -104,13 +104,13 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
         dump_config(config, run_dir / "config.yaml")
 
     result = train_dpo(policy, reference, tokenizer, data.train, data.eval, config, run_dir, accelerator)
-    trained = result.pop("policy")
+    trained, trained_state = result.pop("policy"), result.pop("policy_state")
     if not main:
         return result
     reference_source = str(reference.path) if getattr(reference, "path", None) else "live"
     summary = finish_run(run_dir, trained, tokenizer, config, {
         **data.summary, **result, "dtype": dtype, "reference": reference_source,
-        "estimated_memory_mb": estimated.total / 2**20}, accelerator, started)
+        "estimated_memory_mb": estimated.total / 2**20}, accelerator, started, trained_state)
     if not quiet:
         print(format_summary(summary))
     return summary

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError, UserError
 from ..types import TokenizedPair
+from . import engine
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_pretrained_atomic
 from .metrics import MetricsLog, MetricSums
 from .objectives import DPOObjective
@@ -85,26 +86,32 @@ def nonfinite_message(step: int, origins: list[str], run_dir: Path) -> str:
 
 
 def accumulate_gradients(module, objective, micro_batches: list[tuple], accelerator):
-    """Forward and backward over one step's micro-batches; returns metrics, tokens and whether the loss was finite."""
+    """Forward and backward over one step's micro-batches; returns metrics, tokens and whether the loss was finite.
+
+    accelerate divides each loss by the number of micro-batches (DeepSpeed by its own count, set equal in
+    engine.configure), skips DDP's gradient all-reduce until the last one, and there DeepSpeed takes its step."""
     sums, tokens, finite = MetricSums(), 0, True
     for batch, indices in micro_batches:
         batch = batch.to(accelerator.device)
-        loss, metrics = objective(module, batch, "train", indices)
-        finite = finite and bool(torch.isfinite(loss))
-        accelerator.backward(loss / len(micro_batches))
+        with accelerator.accumulate(module):
+            loss, metrics = objective(module, batch, "train", indices)
+            finite = finite and bool(torch.isfinite(loss))
+            accelerator.backward(loss)
         sums.add(metrics)
         tokens += batch.num_tokens
+    if not accelerator.sync_gradients:  # accelerate counts micro-batches itself; it must agree that the step ends here
+        raise RuntimeError(f"accelerate's accumulation count is out of step with {len(micro_batches)} micro-batches")
     totals = accelerator.reduce(torch.tensor([tokens, int(not finite)], device=accelerator.device), "sum")
     # every rank takes the same decision
     return sums.reduce(accelerator, objective.metric_keys), int(totals[0]), int(totals[1]) == 0
 
 
-def restore(run_dir: Path, config, model, optimizer, scheduler) -> dict:
+def restore(run_dir: Path, config, model, optimizer, scheduler, accelerator) -> dict:
     """With --resume: load the newest checkpoint; returns the step and running totals to continue from."""
     resumed = {"step": 0, "tokens": 0, "skipped_nonfinite": 0, "best_eval_loss": None, "best_step": None}
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
     if checkpoint is not None:
-        resumed.update(load_checkpoint(checkpoint, model, optimizer, scheduler))
+        resumed.update(load_checkpoint(checkpoint, model, optimizer, scheduler, accelerator))
     return resumed
 
 
@@ -151,9 +158,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], ev
 def train_loop(model, objective, tokenizer, train_examples: list, eval_examples: list, config, run_dir: Path,
                accelerator=None) -> dict:
     """Train `model` on `objective` (DPOObjective, SFTObjective); returns eval metrics at start and end, and totals."""
-    from accelerate import Accelerator
-
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or engine.make_accelerator(config)
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
     lengths = [objective.length(e) for e in train_examples] if config.group_by_length else None
@@ -168,13 +173,15 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, steps)
+    engine.configure(accelerator, config, micro_size // world)
     module, optimizer = accelerator.prepare(objective.wrap(model), optimizer)
+    engine.after_prepare(accelerator, module)
     unwrap = lambda: accelerator.unwrap_model(module).model  # noqa: E731  the plain HF (or peft) model
     reference_model = getattr(getattr(objective, "reference", None), "model", None)
     if reference_model is not None and reference_model is not model:
         reference_model.to(accelerator.device)
 
-    resumed = restore(run_dir, config, unwrap(), optimizer, scheduler)
+    resumed = restore(run_dir, config, unwrap(), optimizer, scheduler, accelerator)
     start_step = resumed["step"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
@@ -185,8 +192,10 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
         improved, warnings = watch.add_eval(step, metrics)
         for warning in warnings:
             tqdm.write(f"dpokit: warning: {warning}")
-        if config.early_stop and improved and main:
-            save_pretrained_atomic(unwrap(), tokenizer, run_dir / "best")
+        if config.early_stop and improved:
+            weights = engine.model_state_dict(accelerator, module)  # every process: a gather under ZeRO-3 / FSDP
+            if main:
+                save_pretrained_atomic(unwrap(), tokenizer, run_dir / "best", weights)
         return warnings
 
     eval_batches = prepare_eval(eval_examples, objective.collate, pad_id, micro_size // world, accelerator)
@@ -206,10 +215,13 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
         # Each process takes its share of every micro-batch; DDP averages the gradients of the shares.
         micro_indices = [indices[m * micro_size:(m + 1) * micro_size][rank::world] for m in range(config.grad_accum)]
         micro_batches = [(objective.collate([train_examples[i] for i in idx], pad_id), idx) for idx in micro_indices]
+        objective.begin_step([train_examples[i] for i in indices], shares=config.grad_accum * world)
         sums, step_tokens, finite = accumulate_gradients(module, objective, micro_batches, accelerator)
+        # Under DeepSpeed the engine has clipped and stepped inside the last backward; this reads its norm.
         grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm or float("inf"))
+        grad_norm = float("nan") if grad_norm is None else float(grad_norm)
         done = step + 1
-        if not update(optimizer, scheduler, finite and bool(torch.isfinite(grad_norm)), config,
+        if not update(optimizer, scheduler, finite and math.isfinite(grad_norm), config,
                       lambda: nonfinite_message(done, [train_examples[i].origin for i in indices], run_dir)):
             skipped_steps += 1
 
@@ -217,7 +229,7 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
         means = sums.means()
         record = {"step": done, "epoch": done * config.batch_size / len(train_examples), **means,
                   **objective.finish(means), "skipped_nonfinite": skipped_steps,
-                  "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
+                  "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                   "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
         watch.add_train(record)
         if eval_examples and (done == steps or config.eval_every and done % config.eval_every == 0):
@@ -231,9 +243,9 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
         if done % config.log_every == 0 or done == steps or stopped_early:
             log.write(record)
         if config.save_every and done % config.save_every == 0 and done != steps:
+            save_checkpoint(run_dir, done, accelerator, module, unwrap(), tokenizer, optimizer, scheduler,
+                            totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps, **watch.totals()})
             if main:
-                save_checkpoint(run_dir, done, unwrap(), tokenizer, optimizer, scheduler,
-                                totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps, **watch.totals()})
                 prune_checkpoints(run_dir, config.keep_checkpoints)
             accelerator.wait_for_everyone()
         shown = {"acc": f"{record[objective.progress_key]:.2f}"} if objective.progress_key else {}
@@ -252,4 +264,5 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     return {"steps": stopped_early or steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
             "tokens_per_s": (tokens_seen - tokens_at_start) / max(elapsed, 1e-9), "skipped_nonfinite": skipped_steps,
             "eval_start": first_eval, "eval_end": last_eval, "warnings": watch.warnings,
-            "best_step": watch.best_step, "stopped_early_at": stopped_early, "policy": unwrap()}
+            "best_step": watch.best_step, "stopped_early_at": stopped_early, "policy": unwrap(),
+            "policy_state": engine.model_state_dict(accelerator, module)}  # gathered weights under ZeRO-3 / FSDP

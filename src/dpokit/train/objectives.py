@@ -20,7 +20,7 @@ def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, 
 
     `policy_model` is a PairLogpsModule (possibly inside a DDP wrapper): calling it gives the pair log-probs.
     """
-    policy = policy_model(batch)
+    policy = PairLogps(*policy_model(batch))
     out = LOSSES[config.loss].fn(policy, reference_logps, beta=config.beta, label_smoothing=config.label_smoothing,
                                  margins=batch.margins, odpo_alpha=config.odpo_alpha)
     losses = out.losses
@@ -46,16 +46,20 @@ class DPOObjective:
     def length(pair: TokenizedPair) -> int:
         return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
-    def reference_logps(self, batch: PreferenceBatch, split: str, indices: list[int]) -> PairLogps:
+    def reference_logps(self, batch: PreferenceBatch, split: str, indices: list[int], module) -> PairLogps:
         if split != "eval":
-            return self.reference.logps(batch, split, indices)
+            return self.reference.logps(batch, split, indices, policy_module=module)
         key = tuple(indices)
         if key not in self._eval_reference:
-            self._eval_reference[key] = self.reference.logps(batch, split, indices)
+            self._eval_reference[key] = self.reference.logps(batch, split, indices, policy_module=module)
         return self._eval_reference[key]
 
     def __call__(self, module, batch: PreferenceBatch, split: str, indices: list[int]):
-        return objective(module, self.reference_logps(batch, split, indices), batch, self.config)
+        return objective(module, self.reference_logps(batch, split, indices, module), batch, self.config)
+
+    def begin_step(self, examples: list[TokenizedPair], shares: int) -> None:
+        """Nothing to do: every share of a step holds the same number of pairs, so the mean of the shares' mean
+        losses is the step's mean loss."""
 
     @staticmethod
     def finish(means: dict[str, float]) -> dict[str, float]:
@@ -71,6 +75,7 @@ class SFTObjective:
 
     def __init__(self, config):
         self.config = config
+        self.step_tokens_per_share = None  # set by begin_step for each training step
         row_tokens = (config.tokens_per_row or 2 * config.max_length) if getattr(config, "packing", False) else None
         self.collate = lambda examples, pad_id: collate_sequences(examples, pad_id, row_tokens)
 
@@ -81,9 +86,24 @@ class SFTObjective:
     def length(example: TokenizedExample) -> int:
         return len(example.input_ids)
 
+    @staticmethod
+    def trained_tokens(example: TokenizedExample) -> int:
+        return sum(example.trained[1:])  # the first token is never predicted
+
+    def begin_step(self, examples: list[TokenizedExample], shares: int) -> None:
+        """The step's loss is the mean over all its trained tokens. Its `shares` (micro-batches × processes) hold
+        different token counts, and accelerate and DDP average the shares' losses; so each share divides its
+        summed NLL by the step's count ÷ shares, and the average is exactly the step's token mean (one process
+        without accumulation gives the same gradient)."""
+        self.step_tokens_per_share = max(sum(map(self.trained_tokens, examples)), 1) / shares
+
     def __call__(self, module, batch: SequenceBatch, split: str, indices: list[int]):
         logps, tokens = module(batch)
-        return sft_nll(logps, tokens), {"nll": -logps.detach(), "tokens": tokens.to(logps.dtype)}
+        if split == "train" and self.step_tokens_per_share:
+            loss = -logps.sum() / self.step_tokens_per_share
+        else:
+            loss = sft_nll(logps, tokens)
+        return loss, {"nll": -logps.detach(), "tokens": tokens.to(logps.dtype)}
 
     @staticmethod
     def finish(means: dict[str, float]) -> dict[str, float]:

@@ -43,17 +43,10 @@ def default_dtype() -> str:
     return "float32"
 
 
-def make_accelerator(config):
-    """One Accelerator per run: forget a previous run's precision in this process (the process group is kept)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
-
-
 def run_dtype(config) -> str:
-    return config.dtype or ("float32" if config.mixed_precision != "no" else default_dtype())
+    from .engine import run_dtype as engine_dtype
+
+    return config.dtype or engine_dtype(config) or ("float32" if config.mixed_precision != "no" else default_dtype())
 
 
 def peak_rss_mb() -> float:
@@ -62,8 +55,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def save_final(run_dir: Path, trained, tokenizer, config) -> str:
-    """OUTPUT/final: the trained model or, with --early-stop, the best one by held-out loss (OUTPUT/best)."""
+def save_final(run_dir: Path, trained, tokenizer, config, state_dict: dict | None = None) -> str:
+    """OUTPUT/final: the trained model or, with --early-stop, the best one by held-out loss (OUTPUT/best).
+
+    `state_dict`: the gathered weights where `trained` holds only shards (ZeRO-3, FSDP)."""
     from .checkpoint import save_pretrained_atomic
 
     best = run_dir / "best"
@@ -74,19 +69,22 @@ def save_final(run_dir: Path, trained, tokenizer, config) -> str:
         shutil.rmtree(run_dir / "final", ignore_errors=True)
         tmp.rename(run_dir / "final")
         return "best"
-    save_pretrained_atomic(trained, tokenizer, run_dir / "final")
+    save_pretrained_atomic(trained, tokenizer, run_dir / "final", state_dict)
     return "last"
 
 
-def finish_run(run_dir: Path, trained, tokenizer, config, summary: dict, accelerator, started: float) -> dict:
+def finish_run(run_dir: Path, trained, tokenizer, config, summary: dict, accelerator, started: float,
+               state_dict: dict | None = None) -> dict:
     """Save final/ (or the best model), write summary.json and the report; returns the summary with its paths."""
     import json
     import time
 
     from ..report import write_html
+    from .engine import describe
 
-    final_is = save_final(run_dir, trained, tokenizer, config)
-    summary = {**summary, "processes": accelerator.num_processes, "wall_seconds": time.time() - started,
+    final_is = save_final(run_dir, trained, tokenizer, config, state_dict)
+    summary = {**summary, "processes": accelerator.num_processes, "engine": describe(accelerator),
+               "wall_seconds": time.time() - started,
                "peak_rss_mb": peak_rss_mb(), "output": str(run_dir / "final"), "final_is": final_is}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     summary["report"] = str(write_html(run_dir))
@@ -114,8 +112,10 @@ def start_run(config):
 
     from ..allocator import set_cpu_malloc
     from ..models import load_tokenizer, resolve_model_path
+    from .engine import check_config, make_accelerator
 
     started = time.time()
+    check_config(config)
     set_cpu_malloc(config.cpu_malloc)  # before any large tensor is allocated
     accelerator = make_accelerator(config)
     run_dir = prepare_run_dir(config, modify=accelerator.is_main_process)

@@ -57,12 +57,13 @@ def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
         dump_config(config, run_dir / "config.yaml")
 
     result = train_loop(model, SFTObjective(config), tokenizer, train, held_out, config, run_dir, accelerator)
-    trained = result.pop("policy")
+    trained, trained_state = result.pop("policy"), result.pop("policy_state")
     if not main:
         return result
     command = "coh" if isinstance(config, CoHConfig) else "sft"
     summary = finish_run(run_dir, trained, tokenizer, config, {"command": command, **data_summary, **result,
-                                                                "dtype": dtype}, accelerator, started)
+                                                                "dtype": dtype}, accelerator, started,
+                         trained_state)
     if isinstance(config, CoHConfig):
         phrases = {"positive": config.positive, "negative": config.negative}
         (run_dir / "final" / COH_FILE).write_text(json.dumps(phrases), encoding="utf-8")

@@ -1,0 +1,125 @@
+"""The shipped DeepSpeed ZeRO-2 / ZeRO-3 launch files run 2 real processes on CPU (DeepSpeed's CPU accelerator over
+gloo) and train exactly like one plain process; a killed ZeRO-3 run resumes bit for bit from its sharded state."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("deepspeed")
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    rows = [{"prompt": f"Question {i}: is it safe?", "chosen": f" Yes, item {i} is fine and useful.",
+             "rejected": f" Never {i}!"} for i in range(24)]
+    path = tmp_path_factory.mktemp("ds") / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def command(zero: int | None, verb: str) -> list[str]:
+    """`accelerate launch --config_file configs/accelerate/deepspeed_zeroN.yaml --num_processes 2 -m dpokit VERB`,
+    as docs/scale.md gives it; `zero=None`: one plain process."""
+    if zero is None:
+        return [sys.executable, "-m", "dpokit", verb]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"deepspeed_zero{zero}.yaml"),
+            "--num_processes", "2", "-m", "dpokit", verb]
+
+
+def run(zero, args, cache, verb="dpo", wait=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DPOKIT_CACHE": str(cache)}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED"):
+        env.pop(name, None)
+    cmd = command(zero, verb) + [str(a) for a in args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def common(model, data, out, steps=3):
+    return ["--model", model, "--data", data, "--output", out, "--max-steps", steps, "--batch-size", 4,
+            "--learning-rate", 1e-3, "--eval-fraction", 0.25]
+
+
+def final_weights(run_dir: Path) -> dict:
+    name = "adapter_model.safetensors" if (run_dir / "final" / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(run_dir / "final" / name)
+
+
+def losses(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+CASES = {  # id: (ZeRO stage, extra flags)
+    "zero2-cached-reference": (2, []),
+    "zero3-live-reference-grad-accum": (3, ["--reference-cache", "off", "--grad-accum", 2]),
+    "zero3-lora-adapters-off-reference": (3, ["--lora-r", 4, "--reference-cache", "off"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_deepspeed_processes_of_two_pairs_equal_one_process_of_four(tiny_model_dir, data, tmp_path, case):
+    zero, flags = CASES[case]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = run(None, common(tiny_model_dir, data, one) + flags, tmp_path / "c1")
+    r2 = run(zero, common(tiny_model_dir, data, two) + flags, tmp_path / "c2")
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["engine"] == f"deepspeed zero-{zero}"  # the engine really ran
+    a, b = final_weights(one), final_weights(two)  # under ZeRO-3 final/ holds weights gathered from both shards
+    assert sorted(a) == sorted(b)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5) and len(losses(one)) == 3
+    assert summary["train_tokens"] == json.loads((one / "summary.json").read_text())["train_tokens"]
+
+
+def test_sft_under_zero3_with_accumulation_equals_one_plain_process(tiny_model_dir, data, tmp_path):
+    """The SFT loss is the step's mean over trained tokens however the step is split (objectives.SFTObjective)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = run(None, common(tiny_model_dir, data, one), tmp_path / "c", verb="sft")
+    r2 = run(3, common(tiny_model_dir, data, two) + ["--grad-accum", 2], tmp_path / "c", verb="sft")
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    a, b = final_weights(one), final_weights(two)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+
+
+def test_killed_zero3_run_resumes_bit_for_bit(tiny_model_dir, data, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = ["--save-every", 1]
+    done = run(3, common(tiny_model_dir, data, straight, steps=6) + args, tmp_path / "c")
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = run(3, common(tiny_model_dir, data, killed, steps=6) + args, tmp_path / "c", wait=False)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and any(json.loads(x).get("step", 0) >= 3 for x in metrics.read_text().splitlines()
+                                    if x.endswith("}")):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    proc.wait()
+    assert not (killed / "final").exists()
+    shards = sorted(p.name for p in (killed / "checkpoint-2" / "sharded").rglob("*optim_states.pt"))
+    assert len(shards) == 2  # each process wrote its own part of the optimizer state
+    resumed = run(3, common(tiny_model_dir, data, killed, steps=6) + args + ["--resume"], tmp_path / "c")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = final_weights(straight), final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(0, 7))
+    # a sharded checkpoint resumed by one plain process: refused in one line, not loaded half-way
+    plain = run(None, common(tiny_model_dir, data, killed, steps=8) + args + ["--resume"], tmp_path / "c")
+    assert plain.returncode == 2
+    assert "written under DeepSpeed or FSDP" in plain.stderr and "Traceback" not in plain.stderr
