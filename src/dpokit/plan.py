@@ -243,9 +243,13 @@ def estimate_memory(shape: ModelShape, s: PlanSettings) -> tuple[dict[str, int],
 
     weights = shape.params * stored + (shape.lora_params * 4 if s.lora else 0)
     parts["weights"] = weights // n if shard_weights else weights
-    if deepspeed and not s.lora and stored == 2:
-        grads, optimizer = trainable * 2, trainable * 12  # ZeRO: fp32 master + 2 fp32 moments
+    if deepspeed and not s.lora:
+        # ZeRO keeps its own fp32 master copy next to the module's weights, in float32 runs too (a clone)
+        grads, optimizer = trainable * stored, trainable * 12
         notes.append("DeepSpeed: fp32 master weights and moments (12 bytes per trainable parameter)")
+    if deepspeed:
+        notes.append("not counted: DeepSpeed's own buffers, and the parameters ZeRO-3 keeps gathered "
+                     "(stage3_max_live_parameters); measured CPU peaks ran 15-37% above this plan (docs/scale.md)")
     else:
         grads, optimizer = trainable * train_bytes, 2 * trainable * train_bytes
     parts["gradients"] = grads // n if shard_states else grads
@@ -268,7 +272,8 @@ def estimate_memory(shape: ModelShape, s: PlanSettings) -> tuple[dict[str, int],
     if s.attention == "eager":
         per_token += 2 * shape.heads * row  # softmax output (float32 upcast) and its cast
     if s.gradient_checkpointing:
-        layer_acts = tokens * (shape.layers * shape.hidden + per_token) * act
+        # every layer keeps its input; one layer at a time is recomputed, and its activations' gradients live with it
+        layer_acts = tokens * (shape.layers * shape.hidden + 2 * per_token) * act
     else:
         layer_acts = tokens * shape.layers * per_token * act
     mask = micro * rows_pair * row * row * act if s.layout != "padded" else 0

@@ -186,10 +186,16 @@ def _prompts(tmp_path):
 
 # ---- score and best-of ----------------------------------------------------------------------------------------------
 
-def test_score_ranks_the_policys_own_continuation_first(tiny_model_dir, adapter_dir, tiny_tokenizer, tmp_path):
+def test_score_ranks_candidates_by_the_implicit_reward_computed_naively(tiny_model_dir, adapter_dir, tiny_tokenizer,
+                                                                       tmp_path):
+    """Each candidate's log π and log π_ref equal the full-logits computation of naive_logps, its reward is
+    β × their difference, and the rows come best first. (Which candidate wins depends on the adapter's random
+    draw; an earlier version asserted the adapter's own greedy text wins, which held for one draw only.)"""
     from transformers import AutoModelForCausalLM
 
+    from dpokit.data.tokenize import tokenize_pairs
     from dpokit.models import load_model
+    from dpokit.types import PreferencePair
 
     prompt = "Human: how do I bake bread?\n\nAssistant:"
     policy = load_model(adapter_dir, train=False)
@@ -197,16 +203,25 @@ def test_score_ranks_the_policys_own_continuation_first(tiny_model_dir, adapter_
     ids = tiny_tokenizer(prompt, return_tensors="pt")["input_ids"]
     own = lambda m: tiny_tokenizer.decode(m.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False,  # noqa
                                                      pad_token_id=0)[0, ids.shape[1]:])
+    texts = [t for t in (own(base), own(policy), " the the the") if t.strip()]
     candidates = tmp_path / "c.txt"
-    candidates.write_text(f"{own(base)}\n{own(policy)}\n the the the\n".replace("\n\n", "\n"))
+    candidates.write_text("".join(t.replace("\n", " ") + "\n" for t in texts))
     out = tmp_path / "scores.jsonl"
     assert run("score", "--model", adapter_dir, "--ref", tiny_model_dir, "--prompt", prompt, "--candidates",
                candidates, "--out", out) == 0
     rows = read_jsonl(out)
-    assert [r["rank"] for r in rows] == [1, 2, 3]
-    assert rows[0]["origin"] == "c.txt:2"  # the adapter's own greedy text: most likely under it, relative to the base
-    assert rows[0]["reward"] > rows[1]["reward"] >= rows[2]["reward"]
-    assert all(r["reward"] == pytest.approx(0.1 * (r["logps"] - r["reference_logps"])) for r in rows)
+    assert [r["rank"] for r in rows] == list(range(1, len(texts) + 1))
+    assert [r["reward"] for r in rows] == sorted((r["reward"] for r in rows), reverse=True)
+    assert len({round(r["reward"], 6) for r in rows}) == len(rows)  # a real ranking, no ties
+    tokenized = {p.origin: p for p in tokenize_pairs(
+        tiny_tokenizer, [PreferencePair(prompt, r["candidate"], r["candidate"], r["origin"]) for r in rows],
+        max_length=512, max_prompt_length=None, skip_invalid=False).pairs}
+    with torch.no_grad():
+        for r in rows:
+            pair = tokenized[r["origin"]]
+            assert r["logps"] == pytest.approx(naive_logps(policy, pair.prompt_ids, pair.chosen_ids), abs=2e-4)
+            assert r["reference_logps"] == pytest.approx(naive_logps(base, pair.prompt_ids, pair.chosen_ids), abs=2e-4)
+            assert r["reward"] == pytest.approx(0.1 * (r["logps"] - r["reference_logps"]))
 
 
 def test_score_candidates_jsonl_ranks_each_prompt_on_its_own(tiny_model_dir, tmp_path):

@@ -2,7 +2,8 @@
 
 Every pair is longer than max_length, so each is cut to exactly the planner's worst case (prompt = max_prompt_length,
 both answers max_length - prompt): the run and the plan see the same tokens. The planner's CPU estimate must be
-within TOLERANCE of the measured peak (measured errors: -0.6% to -3.5% plain, -5.9% to -11.4% with checkpointing, +1.4% to -5.2% with the cache off, all under glibc's own allocator, whose fragments vary from run to run; -0.2% with --cpu-malloc lean; docs/scale.md).
+within TOLERANCE of the measured peak (measured errors: -0.6% to -3.5% plain, -4.7% to +6.7% with checkpointing (before 2026-12-01, when the
+recomputed layer's gradients were not counted, -5.9% to -16%), +1.4% to -5.2% with the cache off, all under glibc's own allocator, whose fragments vary from run to run; -0.2% with --cpu-malloc lean; docs/scale.md).
 """
 import json
 import os

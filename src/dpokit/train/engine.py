@@ -23,14 +23,15 @@ def make_accelerator(config):
     """One Accelerator per run: forget a previous run's precision in this process (the process group is kept)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, InitProcessGroupKwargs
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    cpu, handlers = not torch.cuda.is_available(), []
+    # DDP: gradients live in its all-reduce buckets instead of beside them (one copy of the gradients less)
+    cpu, handlers = not torch.cuda.is_available(), [DistributedDataParallelKwargs(gradient_as_bucket_view=True)]
     if cpu and deepspeed_launch():
         # accelerate starts DeepSpeed only when not told cpu=True; DeepSpeed's CPU accelerator then talks gloo, and
         # accelerate counts the processes only when it is given that backend by name.
-        cpu, handlers = False, [InitProcessGroupKwargs(backend="gloo")]
+        cpu, handlers = False, [InitProcessGroupKwargs(backend="gloo")]  # (DDP's settings do not apply)
     # The plugin, not gradient_accumulation_steps=: the latter is overridden by the launcher's environment.
     accumulation = GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False)
     accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision,

@@ -17,6 +17,7 @@ from . import engine
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_pretrained_atomic
 from .metrics import MetricsLog, MetricSums
 from .objectives import DPOObjective
+from .setup import peak_rss_mb
 from .watch import OverfitWatch
 
 
@@ -258,6 +259,8 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
             break
     bar.close()
 
+    policy_state = engine.model_state_dict(accelerator, module)  # gathered weights under ZeRO-3 / FSDP
+    peaks = accelerator.gather(torch.tensor([peak_rss_mb()], device=accelerator.device)).tolist()  # every process's
     if start_step:  # resumed: the run's true starting point is the step-0 line of metrics.jsonl
         first_eval = log.first_record() or first_eval
     elapsed = time.time() - started
@@ -265,4 +268,4 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
             "tokens_per_s": (tokens_seen - tokens_at_start) / max(elapsed, 1e-9), "skipped_nonfinite": skipped_steps,
             "eval_start": first_eval, "eval_end": last_eval, "warnings": watch.warnings,
             "best_step": watch.best_step, "stopped_early_at": stopped_early, "policy": unwrap(),
-            "policy_state": engine.model_state_dict(accelerator, module)}  # gathered weights under ZeRO-3 / FSDP
+            "policy_state": policy_state, "peak_rss_mb_per_process": peaks}
