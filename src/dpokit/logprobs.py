@@ -108,6 +108,8 @@ class PairLogpsModule(torch.nn.Module):
     def __init__(self, model, lean: bool = True):
         super().__init__()
         self.model, self.lean = model, lean
+        # FSDP's auto-wrap (accelerate's TRANSFORMER_BASED_WRAP) reads the layer classes to shard from here
+        self._no_split_modules = list(getattr(model, "_no_split_modules", None) or [])
 
     def forward(self, batch: PreferenceBatch) -> tuple[torch.Tensor, ...]:
         out = batch_logps(self.model, batch, lean=self.lean)
@@ -129,6 +131,7 @@ class SequenceLogpsModule(torch.nn.Module):
     def __init__(self, model, lean: bool = True):
         super().__init__()
         self.model, self.lean = model, lean
+        self._no_split_modules = list(getattr(model, "_no_split_modules", None) or [])  # as PairLogpsModule
 
     def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return sequence_logps(self.model, batch, lean=self.lean)

@@ -131,3 +131,26 @@ def test_settings_deepspeed_cannot_honour_are_refused_before_loading(monkeypatch
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     engine.check_config(DPOConfig(skip_nonfinite=True))  # without DeepSpeed the loop skips the step itself
     assert engine.run_dtype(DPOConfig()) is None
+
+
+def test_fsdp_file_wraps_the_decoder_layers_of_whatever_model_it_is_given(monkeypatch):
+    """fsdp.yaml names no layer class: accelerate reads `_no_split_modules`, which dpokit's wrappers pass on from the
+    model. (The file used to list Llama, Mistral and Qwen2 classes, and accelerate requires every listed class to be
+    in the model, so it failed on all three.)"""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from dpokit.logprobs import PairLogpsModule, SequenceLogpsModule
+    from tiny import make_model
+
+    fsdp = load_config_from_file(str(ACCELERATE / "fsdp.yaml")).fsdp_config
+    assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp
+    for key, value in fsdp.items():  # the launcher's environment for these keys, as accelerate launch writes it
+        monkeypatch.setenv(key.upper(), str(value).lower() if isinstance(value, bool) else str(value))
+    model = make_model(512)
+    for wrapper in (PairLogpsModule(model), SequenceLogpsModule(model)):
+        assert wrapper._no_split_modules == ["LlamaDecoderLayer"]
+        policy = fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(), wrapper)
+        wrapped = [name for name, module in wrapper.named_modules() if policy(module)]
+        assert wrapped == [f"model.model.layers.{i}" for i in range(model.config.num_hidden_layers)]
