@@ -73,3 +73,4 @@ def make_adapter_dir(base_dir: Path, path: Path) -> Path:
     model.peft_config["default"].base_model_name_or_path = str(base_dir)
     model.save_pretrained(path)
     return path
+

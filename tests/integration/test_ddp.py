@@ -1,8 +1,5 @@
 """Several processes (DDP over gloo on CPU, through accelerate) train exactly like one process."""
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -10,37 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launch import common, final_weights as weights, kill_all_after_step, launch, losses, write_pairs
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    rows = [{"prompt": f"Question {i}: is it safe?", "chosen": f" Yes, item {i} is fine and useful.",
-             "rejected": f" Never {i}!"} for i in range(24)]
-    path = tmp_path_factory.mktemp("ddp") / "d.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path_factory.mktemp("ddp") / "d.jsonl")
 
 
 def run(args, cache, wait=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DPOKIT_CACHE": str(cache)}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "dpokit", "dpo", *map(str, args)]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def common(model, data, out, steps=3):
-    return ["--model", model, "--data", data, "--output", out, "--max-steps", steps, "--batch-size", 4,
-            "--learning-rate", 1e-3, "--eval-fraction", 0.25]
-
-
-def weights(run_dir):
-    return load_file(run_dir / "final" / "model.safetensors")
-
-
-def losses(run_dir):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]  # training steps (step 0 is the initial eval)
+    return launch([sys.executable, "-m", "dpokit", "dpo"], args, cache, wait)
 
 
 @pytest.mark.parametrize("flags", [["--reference-cache", "off"], ["--reference-cache", "on"],
@@ -69,14 +45,7 @@ def test_kill_and_resume_with_two_processes(tiny_model_dir, data, tmp_path):
     assert run(common(tiny_model_dir, data, straight, steps=6) + args, tmp_path / "c").returncode == 0
     proc = run(common(tiny_model_dir, data, killed, steps=6) + args, tmp_path / "c", wait=False)
     metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if metrics.exists() and any(json.loads(x).get("step", 0) >= 3 for x in metrics.read_text().splitlines()
-                                    if x.endswith("}")):
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-    proc.wait()
+    kill_all_after_step(proc, metrics, 3)  # the launcher and both workers
     assert not (killed / "final").exists()
     resumed = run(common(tiny_model_dir, data, killed, steps=6) + args + ["--resume"], tmp_path / "c")
     assert resumed.returncode == 0, resumed.stderr[-1500:]

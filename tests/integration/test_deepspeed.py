@@ -1,16 +1,13 @@
 """The shipped DeepSpeed ZeRO-2 / ZeRO-3 launch files run 2 real processes on CPU (DeepSpeed's CPU accelerator over
 gloo) and train exactly like one plain process; a killed ZeRO-3 run resumes bit for bit from its sharded state."""
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from launch import common, final_weights, kill_all_after_step, launch, losses, write_pairs
 
 pytest.importorskip("deepspeed")
 
@@ -19,11 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    rows = [{"prompt": f"Question {i}: is it safe?", "chosen": f" Yes, item {i} is fine and useful.",
-             "rejected": f" Never {i}!"} for i in range(24)]
-    path = tmp_path_factory.mktemp("ds") / "d.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path_factory.mktemp("ds") / "d.jsonl")
 
 
 def command(zero: int | None, verb: str) -> list[str]:
@@ -36,28 +29,7 @@ def command(zero: int | None, verb: str) -> list[str]:
 
 
 def run(zero, args, cache, verb="dpo", wait=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DPOKIT_CACHE": str(cache)}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED"):
-        env.pop(name, None)
-    cmd = command(zero, verb) + [str(a) for a in args]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def common(model, data, out, steps=3):
-    return ["--model", model, "--data", data, "--output", out, "--max-steps", steps, "--batch-size", 4,
-            "--learning-rate", 1e-3, "--eval-fraction", 0.25]
-
-
-def final_weights(run_dir: Path) -> dict:
-    name = "adapter_model.safetensors" if (run_dir / "final" / "adapter_model.safetensors").exists() else "model.safetensors"
-    return load_file(run_dir / "final" / name)
-
-
-def losses(run_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]
+    return launch(command(zero, verb), args, cache, wait)
 
 
 CASES = {  # id: (ZeRO stage, extra flags). The cached reference under ZeRO-3 is the kill/resume test's default.
@@ -101,14 +73,7 @@ def test_killed_zero3_run_resumes_bit_for_bit(tiny_model_dir, data, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     proc = run(3, common(tiny_model_dir, data, killed, steps=6) + args, tmp_path / "c", wait=False)
     metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if metrics.exists() and any(json.loads(x).get("step", 0) >= 3 for x in metrics.read_text().splitlines()
-                                    if x.endswith("}")):
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-    proc.wait()
+    kill_all_after_step(proc, metrics, 3)  # the launcher and both workers
     assert not (killed / "final").exists()
     shards = sorted(p.name for p in (killed / "checkpoint-2" / "sharded").rglob("*optim_states.pt"))
     assert len(shards) == 2  # each process wrote its own part of the optimizer state
