@@ -154,3 +154,16 @@ def test_fsdp_file_wraps_the_decoder_layers_of_whatever_model_it_is_given(monkey
         policy = fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(), wrapper)
         wrapped = [name for name, module in wrapper.named_modules() if policy(module)]
         assert wrapped == [f"model.model.layers.{i}" for i in range(model.config.num_hidden_layers)]
+
+
+def test_a_sharded_checkpoint_is_refused_by_a_plain_process(tmp_path):
+    """A checkpoint with `sharded/` (DeepSpeed / FSDP) resumed without that engine: one line, nothing loaded."""
+    from accelerate import Accelerator
+
+    from dpokit.errors import UserError
+    from dpokit.train.checkpoint import load_checkpoint
+
+    checkpoint = tmp_path / "checkpoint-2"
+    (checkpoint / "sharded").mkdir(parents=True)
+    with pytest.raises(UserError, match="written under DeepSpeed or FSDP; resume it under the same kind of launch"):
+        load_checkpoint(checkpoint, None, None, None, Accelerator(cpu=True))
