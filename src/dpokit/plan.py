@@ -247,11 +247,11 @@ def estimate_memory(shape: ModelShape, s: PlanSettings) -> tuple[dict[str, int],
         # ZeRO keeps its own fp32 master copy next to the module's weights, in float32 runs too (a clone)
         grads, optimizer = trainable * stored, trainable * 12
         notes.append("DeepSpeed: fp32 master weights and moments (12 bytes per trainable parameter)")
+    else:
+        grads, optimizer = trainable * train_bytes, 2 * trainable * train_bytes
     if deepspeed:
         notes.append("not counted: DeepSpeed's own buffers, and the parameters ZeRO-3 keeps gathered "
                      "(stage3_max_live_parameters); measured CPU peaks ran 15-37% above this plan (docs/scale.md)")
-    else:
-        grads, optimizer = trainable * train_bytes, 2 * trainable * train_bytes
     parts["gradients"] = grads // n if shard_states else grads
     parts["optimizer"] = optimizer // n if shard_states else optimizer
     if s.mixed_precision != "no" and not shard_weights:

@@ -67,6 +67,9 @@ def test_sharding_splits_what_each_stage_promises(shape):
     assert zero2["weights"] == ddp["weights"] and zero2["gradients"] == ddp["gradients"] // 8
     assert zero2["optimizer"] == shape.params * 12 // 8  # DeepSpeed: its own fp32 master copy + two moments, split
     assert fsdp["weights"] == ddp["weights"] // 8 and fsdp["gathered layers"] > 0
+    lora_zero2 = make_plan(shape, replace(base, zero="2", lora=True)).parts  # adapters: torch AdamW's moments, split
+    assert lora_zero2["optimizer"] == 2 * shape.lora_params * 4 // 8
+    assert lora_zero2["gradients"] == shape.lora_params * 4 // 8
     assert ddp["activations"] == fsdp["activations"]  # sharding does not split a device's own activations
 
 
