@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import os
 import sys
@@ -154,6 +155,17 @@ def cmd_plan(args) -> int:
     return plan_command(args)
 
 
+def add_reading_arguments(parser, default: str) -> None:
+    """--columns and --pairs: how rows of other shapes are read, the same in every command that reads pairs."""
+    from .config import TrainConfig
+    from .data.lists import POLICIES
+
+    help_of = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+    parser.add_argument("--columns", default=None, metavar="COLUMNS", help=f"{help_of['columns']} ({default})")
+    parser.add_argument("--pairs", default=None, choices=POLICIES,
+                        help=f"{help_of['pairs']} (best-vs-worst when not set; {default})")
+
+
 def add_eval_parsers(sub) -> None:
     """`dpokit eval` (preference accuracy, or --generate: sampled reward, win rate, KL) and `dpokit score`."""
     ev = sub.add_parser("eval", help="preference accuracy of a model against its reference on pairs, or (--generate) "
@@ -167,6 +179,7 @@ def add_eval_parsers(sub) -> None:
                     "model it started from)")
     ev.add_argument("--data", default=None, help="preference pairs in any shape `dpokit dpo` takes, or "
                     "bundled:hh-rlhf-harmless (default for a run: its data)")
+    add_reading_arguments(ev, "default for a run: its own")
     ev.add_argument("--split", default="all", choices=("all", "heldout", "train"), help="heldout / train: the run's "
                     "by-prompt split, reproduced from its config.yaml (--model must be a run folder)")
     ev.add_argument("--beta", type=float, default=None, help="β of the implicit reward (default: the run's, else 0.1)")
@@ -250,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-length", type=int, default=512)
     validate.add_argument("--max-prompt-length", type=int, default=256)
     validate.add_argument("--no-tokens", action="store_true", help="skip token statistics (no tokenizer needed)")
+    add_reading_arguments(validate, "the first mapped row and the first pair are printed, to check a mapping")
     validate.set_defaults(func=cmd_validate)
     report = sub.add_parser("report", help="plot a run's metrics (loss, reward accuracy, margins, log-probs) to PNG and an HTML page")
     report.add_argument("run", help="run folder (the --output of dpokit dpo)")

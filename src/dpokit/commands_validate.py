@@ -1,8 +1,10 @@
 """`dpokit validate PATH`: run the data stage only and print what it found."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+from .data.columns import parse_columns
 from .data.prepare import resolve_data_path
 from .data.tokenize import tokenize_pairs
 from .data.validate import format_report, load_pairs
@@ -18,8 +20,30 @@ def token_lengths(tokenizer, pairs, max_length: int, max_prompt_length: int | No
     return stats, cut.counts
 
 
+def first_rows(report) -> list[str]:
+    """The first row as the mapping made it, and the first pair with its origin: enough to check a mapping by eye."""
+    lines = []
+    if report.first_mapped is not None:
+        lines.append(f"first row, mapped: {_clip(json.dumps(report.first_mapped, ensure_ascii=False), 400)}")
+    if report.pairs:
+        pair = report.pairs[0]
+        prompt = pair.prompt if isinstance(pair.prompt, str) else json.dumps(pair.prompt, ensure_ascii=False)
+        lines += [f"first pair:  {pair.origin}", f"  prompt:    {_clip(prompt)}", f"  chosen:    {_clip(pair.chosen)}",
+                  f"  rejected:  {_clip(pair.rejected)}"]
+        if pair.margin is not None:
+            lines.append(f"  margin:    {pair.margin:g}")
+    return lines
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def validate_command(args) -> int:
-    report = load_pairs(resolve_data_path(args.path), skip_invalid=True)
+    columns = parse_columns(args.columns)
+    report = load_pairs(resolve_data_path(args.path), skip_invalid=True, columns=columns,
+                        pairs=args.pairs or "best-vs-worst")
     stats, counts = None, Counter()
     if not args.no_tokens and report.pairs:
         from .models import EMBEDDED_MODEL, load_tokenizer, resolve_model_path
@@ -30,4 +54,5 @@ def validate_command(args) -> int:
     if counts:
         print("tokenization (max_length={}, max_prompt_length={}): {}".format(
             args.max_length, args.max_prompt_length, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"))
+    print("\n".join(first_rows(report)))
     return 0 if not report.problems else 1

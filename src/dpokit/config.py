@@ -14,6 +14,8 @@ from typing import Any, Optional, get_type_hints
 
 import yaml
 
+from .data.columns import parse_columns
+from .data.lists import POLICIES as PAIRING
 from .errors import UserError
 from .losses import LOSSES
 from .models import DTYPES, EMBEDDED_MODEL
@@ -32,6 +34,11 @@ class TrainConfig:
     model: str = opt(EMBEDDED_MODEL, "model to start from: local HF folder, a LoRA adapter folder, .gguf file, or the embedded default")
     data: str = opt(DEFAULT_DATA, "training data: JSONL/JSON/CSV/Parquet (.gz ok) or a save_to_disk folder")
     eval_data: Optional[str] = opt(None, "held-out data (default: split --eval-fraction of --data by prompt)")
+    columns: Optional[str] = opt(None, "read rows of another shape: TARGET=PATH entries, e.g. prompt=question,"
+                                       "chosen=answers[0],rejected=answers[-1]; paths a.b, x[0], x[-1], x[*].y; "
+                                       "a+b joins fields (YAML: a mapping). Applies to --data and --eval-data",
+                                 mapping=True)
+    pairs: str = opt("best-vs-worst", "how ranked or scored lists become pairs", choices=PAIRING)
     eval_fraction: Optional[float] = opt(None, "share of prompts held out when --eval-data is not given (default 0.1; 0 disables eval)")
     max_eval_pairs: Optional[int] = opt(None, "evaluate on at most this many held-out examples")
     output: str = opt("runs/dpo", "run folder: metrics.jsonl, config.yaml, checkpoints, final/")
@@ -140,6 +147,9 @@ def check_train_config(c: TrainConfig) -> None:
         value = getattr(c, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             bad(f.name, f"must be a finite number, got {value}")
+    parse_columns(c.columns, "config: columns")  # a bad mapping fails here, before any file is read
+    if c.pairs not in PAIRING:
+        bad("pairs", f"unknown policy {c.pairs!r}; choose one of {', '.join(PAIRING)}")
     if c.batch_size < 1 or c.grad_accum < 1 or c.batch_size % c.grad_accum:
         bad("batch_size", f"{c.batch_size} examples per step must split into grad_accum={c.grad_accum} equal micro-batches")
     if c.max_prompt_length is not None and c.max_prompt_length >= c.max_length:
@@ -234,6 +244,8 @@ def build_config(cls, values: dict[str, Any], source: str = "config"):
     clean = {}
     for key, value in values.items():
         typ = _field_type(cls, fields[key])
+        if fields[key].metadata.get("mapping") and isinstance(value, dict):  # YAML `columns: {prompt: question}`
+            value = parse_columns(value, f"{source}: {key}").spec
         if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
             clean[key] = value
         elif typ is float and isinstance(value, int) and not isinstance(value, bool):

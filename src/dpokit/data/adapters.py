@@ -7,6 +7,10 @@ Shapes (the names appear in errors and reports):
   hh_rlhf         {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}  (Anthropic HH)
   sharegpt        {"conversations": [{"from", "value"}, ...], "chosen": {"from": "gpt", "value"}, "rejected": ...}
   openai          {"input": {"messages": [...]}, "preferred_output": [msg], "non_preferred_output": [msg]}
+  ranked          {"prompt": ..., "responses": [...], "scores" | "ranks": [...]} or UltraFeedback's "completions":
+                  N answers in an order of preference, made into pairs by ``lists.list_pairs``
+Optional system (standard, conversational, openai): a system message put before the prompt; a text prompt
+then becomes a conversation [system, user].
 Optional margin: "margin", or "score_chosen" - "score_rejected" (top level or inside "metadata").
 Unknown extra fields are ignored.
 """
@@ -19,13 +23,15 @@ from typing import Any
 from dpokit.errors import DataError
 from dpokit.types import PreferencePair
 
-SHAPES = ("standard", "conversational", "hh_rlhf", "sharegpt", "openai")
+SHAPES = ("standard", "conversational", "hh_rlhf", "sharegpt", "openai", "ranked")
+LIST_KEYS = ("responses", "completions")
 _NEEDS = {
     "standard": "prompt, chosen, rejected",
     "conversational": "prompt (or messages), chosen, rejected; or chosen, rejected as full conversations",
     "hh_rlhf": "chosen, rejected",
     "sharegpt": "conversations, chosen, rejected",
     "openai": "input, preferred_output, non_preferred_output",
+    "ranked": "prompt (or messages, instruction), and responses (with scores or ranks) or completions",
 }
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -44,6 +50,8 @@ def detect_shape(value: dict, origin: str) -> str:
     """The shape name of one row, judged from its keys (and, where keys are ambiguous, value types)."""
     if not isinstance(value, dict):
         raise RowError(origin, None, f"expected an object with named fields, got {_type(value)}")
+    if any(key in value for key in LIST_KEYS) and "chosen" not in value and "rejected" not in value:
+        return "ranked"
     if "input" in value and ("preferred_output" in value or "non_preferred_output" in value):
         return "openai"
     if "conversations" in value:
@@ -67,9 +75,28 @@ def _key_list(value: dict, most: int = 10) -> str:
 def to_pair(value: dict, shape: str, origin: str) -> PreferencePair:
     """Adapt one row of a known shape; every type problem raises ``RowError`` naming the field."""
     if shape not in _ADAPTERS:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+        raise ValueError(f"unknown shape {shape!r} for one pair; expected one of {tuple(_ADAPTERS)} "
+                         "(ranked rows make several: lists.list_pairs)")
     prompt, chosen, rejected = _ADAPTERS[shape](value, origin)
+    if shape in ("standard", "conversational", "openai"):
+        prompt = _with_system(prompt, value, origin)
     return PreferencePair(prompt, chosen, rejected, origin, _margin(value, origin))
+
+
+def _with_system(prompt, value: dict, origin: str):
+    """The prompt with the row's `system` message first; a text prompt becomes [system, user]."""
+    system = _optional_string(value, "system", origin)
+    if system is None:
+        return prompt
+    if isinstance(prompt, str):  # every row of a file with a system column is a conversation, even with it empty
+        prompt = ({"role": "user", "content": prompt},)
+    if not system:
+        return prompt
+    message = {"role": "system", "content": system}
+    if prompt[0]["role"] == "system":
+        raise RowError(origin, "system", "field 'system' is given but the prompt already starts with a system "
+                                         "message; keep one of them")
+    return (message,) + tuple(prompt)
 
 
 def _standard(value: dict, origin: str) -> tuple:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..types import PreferencePair, TokenizedPair
+from .columns import parse_columns
 from .tokenize import tokenize_pairs
-from .validate import load_pairs
+from .validate import list_summary, load_pairs
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED = {"hh-rlhf-harmless": "hh_rlhf_harmless_sample.jsonl.gz"}
@@ -27,6 +28,23 @@ def resolve_data_path(spec: str) -> Path:
         return Path(spec).expanduser()
     except RuntimeError:  # "~nosuchuser/..."
         raise UserError(f"data path {spec!r}: cannot expand '~' (no such user)") from None
+
+
+def reading(config) -> dict:
+    """How a run reads its rows (a column mapping, a list policy), as keyword arguments of the loaders."""
+    return {"columns": parse_columns(getattr(config, "columns", None), "config: columns"),
+            "pairs": getattr(config, "pairs", "best-vs-worst")}
+
+
+def data_summary(path: str, report) -> dict:
+    """What summary.json says of one loaded file: shape, rows, dropped rows by kind, the mapping, ranked lists."""
+    summary = {"path": path, "shape": report.shape, "rows": report.num_rows, "dropped": report.dropped_counts()}
+    if report.columns is not None:
+        summary["columns"] = report.columns.spec
+    lists = list_summary(report)
+    if lists is not None:
+        summary["lists"] = lists
+    return summary
 
 
 def prompt_key(pair: PreferencePair) -> str:
@@ -79,14 +97,13 @@ def tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary: dict | 
 def prepare_preference_data(config, tokenizer) -> PreparedData:
     """The data half of a DPO run: every problem surfaces here, before any model is loaded."""
     summary: dict = {}
-    train_report = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid)
-    summary["data"] = {"path": config.data, "shape": train_report.shape, "rows": train_report.num_rows,
-                       "dropped": train_report.dropped_counts()}
+    train_report = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config))
+    summary["data"] = data_summary(config.data, train_report)
     eval_pairs = None
     if config.eval_data:
-        eval_report = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid)
-        summary["eval_data"] = {"path": config.eval_data, "shape": eval_report.shape, "rows": eval_report.num_rows,
-                                "dropped": eval_report.dropped_counts()}
+        eval_report = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid,
+                                 **reading(config))
+        summary["eval_data"] = data_summary(config.eval_data, eval_report)
         eval_pairs = eval_report.pairs
     train_pairs, eval_pairs = split_pairs(config, train_report.pairs, eval_pairs)
     return tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary)

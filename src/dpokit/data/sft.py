@@ -5,7 +5,9 @@ SFT shapes (detected per row; the file's shape is its first valid row's):
   messages           {"messages": [msg, ..., assistant msg]}   the last assistant message is the answer
   alpaca             {"instruction": str, "input": str (optional), "output": str, "system": str (optional)}
   sharegpt_sft       {"conversations": [{"from", "value"}, ..., gpt turn]}
-  preference pairs   any shape `dpokit dpo` accepts: the chosen answer is the target ("Preferred-FT")
+  preference pairs   any shape `dpokit dpo` accepts: the chosen answer is the target ("Preferred-FT"); a ranked
+                     list's best answer
+A column mapping (``columns``) is applied to each row first, as for pairs.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from pathlib import Path
 from ..errors import DataError
 from ..types import PreferencePair, SFTExample
 from .adapters import RowError, _messages, _sharegpt_turn, _text, _type, detect_shape, to_pair
+from .columns import ColumnMap
 from .io import read_records
+from .lists import best_answer
 from .validate import Problem, _shape_problem, load_pairs
 
 
@@ -88,18 +92,22 @@ def to_example(value: dict, shape: str, origin: str) -> SFTExample:
             raise RowError(origin, "conversations", f"field 'conversations' must be a list of turns, got {_type(turns)}")
         messages = tuple(_sharegpt_turn(t, f"conversations[{i}]", origin) for i, t in enumerate(turns))
         return _conversation_answer(messages, "conversations", origin)
+    if shape == "preference:ranked":
+        return answer_only(*best_answer(value, origin), origin)
     pair = to_pair(value, shape.split(":", 1)[1], origin)
     return answer_only(pair.prompt, pair.chosen, origin)
 
 
-def load_sft_examples(path: str | Path, *, skip_invalid: bool = False) -> SFTLoadReport:
-    """Read and adapt every row; a problem stops the load naming file:line and field, unless `skip_invalid`."""
+def load_sft_examples(path: str | Path, *, skip_invalid: bool = False,
+                      columns: ColumnMap | None = None) -> SFTLoadReport:
+    """Read, map and adapt every row; a problem stops the load naming file:line and field, unless `skip_invalid`."""
     records = read_records(path)
     report = SFTLoadReport(str(path), None, [], len(records))
     for record in records:
         try:
-            shape = sft_shape(record.value, record.origin)
-            example = to_example(record.value, shape, record.origin)
+            value = record.value if columns is None else columns.map_row(record.value, record.origin)
+            shape = sft_shape(value, record.origin)
+            example = to_example(value, shape, record.origin)
         except RowError as e:
             report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
             continue
@@ -140,7 +148,8 @@ def coh_examples(pair: PreferencePair, positive: str, negative: str) -> list[SFT
             SFTExample(pair.prompt, unhelpful_first, pair.origin + " (unhelpful first)")]
 
 
-def load_coh_examples(path: str | Path, positive: str, negative: str, *, skip_invalid: bool = False) -> SFTLoadReport:
-    report = load_pairs(path, skip_invalid=skip_invalid)
+def load_coh_examples(path: str | Path, positive: str, negative: str, *, skip_invalid: bool = False,
+                      columns: ColumnMap | None = None, pairs: str = "best-vs-worst") -> SFTLoadReport:
+    report = load_pairs(path, skip_invalid=skip_invalid, columns=columns, pairs=pairs)
     examples = [e for pair in report.pairs for e in coh_examples(pair, positive, negative)]
     return SFTLoadReport(report.path, report.shape, examples, report.num_rows, report.problems)

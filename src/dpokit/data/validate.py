@@ -8,11 +8,14 @@ keeps them in the report. Nothing here prints.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpokit.data.adapters import RowError, detect_shape, to_pair
+from dpokit.data.columns import ColumnMap
 from dpokit.data.io import read_records
+from dpokit.data.lists import list_pairs
 from dpokit.errors import DataError
 from dpokit.types import PreferencePair
 
@@ -40,6 +43,10 @@ class LoadReport:
     pairs: list[PreferencePair]
     num_rows: int
     problems: list[Problem] = field(default_factory=list)
+    columns: ColumnMap | None = None
+    first_mapped: dict | None = None  # the first row as the mapping made it (shown by validate)
+    pairing: str | None = None  # the list policy, when ranked rows were read
+    lists: Counter = field(default_factory=Counter)  # ranked rows read, pairs made, pairs dropped by reason
 
     def dropped_counts(self) -> dict[str, int]:
         """Dropped rows per problem kind, only the kinds that occurred, in ``KINDS`` order."""
@@ -47,30 +54,49 @@ class LoadReport:
         return {kind: n for kind, n in counts.items() if n}
 
 
-def load_pairs(path: str | Path, *, skip_invalid: bool = False) -> LoadReport:
-    """Read, adapt and check every row of ``path``. File-level errors (bad JSON, ...) always raise.
+def load_pairs(path: str | Path, *, skip_invalid: bool = False, columns: ColumnMap | None = None,
+               pairs: str = "best-vs-worst") -> LoadReport:
+    """Read, map (``columns``), adapt and check every row of ``path``. File-level errors (bad JSON, ...) always raise.
 
-    With ``skip_invalid=False`` any row problem raises one ``DataError`` naming the first problem;
-    with ``skip_invalid=True`` those rows are dropped and listed in ``report.problems``.
+    Ranked rows become pairs by the ``pairs`` policy (``lists``); their ties and identical answers are dropped and
+    counted in ``report.lists``, not problems. With ``skip_invalid=False`` any row problem raises one
+    ``DataError`` naming the first problem; with ``skip_invalid=True`` those rows are dropped and listed in
+    ``report.problems``.
     """
     records = read_records(path)
-    report = LoadReport(str(path), None, [], len(records))
+    report = LoadReport(str(path), None, [], len(records), columns=columns)
     seen: dict[tuple, str] = {}  # pair key -> origin of the first kept row that had it
     for record in records:
         try:
-            shape = detect_shape(record.value, record.origin)
-            pair = to_pair(record.value, shape, record.origin)
+            value = record.value if columns is None else columns.map_row(record.value, record.origin)
+            if report.first_mapped is None and columns is not None:
+                report.first_mapped = value
+            shape = detect_shape(value, record.origin)
+            made = _row_pairs(value, shape, record.origin, pairs, report)
         except RowError as e:
             report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
             continue
         report.shape = report.shape or shape  # the first valid row sets the file's shape
-        problem = _shape_problem(pair.origin, shape, report.shape) or _check(pair, seen)
-        if problem is None:
-            report.pairs.append(pair)
-        else:
-            report.problems.append(problem)
+        mixed = _shape_problem(record.origin, shape, report.shape)
+        for pair in made if mixed is None else ():
+            problem = _check(pair, seen)
+            if problem is None:
+                report.pairs.append(pair)
+            else:
+                report.problems.append(problem)
+        if mixed is not None:
+            report.problems.append(mixed)
     _raise_if_unusable(report, skip_invalid)
     return report
+
+
+def _row_pairs(value: dict, shape: str, origin: str, policy: str, report: LoadReport) -> list[PreferencePair]:
+    if shape != "ranked":
+        return [to_pair(value, shape, origin)]
+    made = list_pairs(value, origin, policy)
+    report.pairing = policy
+    report.lists.update({"rows": 1, "pairs": len(made.pairs), **made.dropped})
+    return made.pairs
 
 
 def _shape_problem(origin: str, shape: str, file_shape: str) -> Problem | None:
@@ -111,9 +137,26 @@ def _raise_if_unusable(report: LoadReport, skip_invalid: bool) -> None:
             )
         raise DataError(f"{problems[0].line()} {hint}")
     if not report.pairs:
+        if not problems:  # every ranked row was a tie
+            raise DataError(f"{report.path}: no pairs: the {report.lists['rows']} ranked rows made none "
+                            f"({_list_drops(report)}); check the scores or ranks")
         raise DataError(
             f"{report.path}: no valid preference pairs in {report.num_rows} rows; first problem: {problems[0].line()}"
         )
+
+
+def _list_drops(report: LoadReport) -> str:
+    drops = {k: v for k, v in report.lists.items() if k not in ("rows", "pairs")}
+    return ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
+
+
+def list_summary(report: LoadReport) -> dict | None:
+    """Ranked rows read, pairs made and pairs dropped by reason (for summary.json), or None without ranked rows."""
+    if not report.lists:
+        return None
+    drops = {k: v for k, v in sorted(report.lists.items()) if k not in ("rows", "pairs")}
+    return {"policy": report.pairing, "rows": report.lists["rows"], "pairs": report.lists["pairs"],
+            "dropped": drops}
 
 
 def format_report(report: LoadReport, token_stats: dict | None = None) -> str:
@@ -121,13 +164,18 @@ def format_report(report: LoadReport, token_stats: dict | None = None) -> str:
     if given, token-length percentiles from ``{"prompt": [ints], "chosen": [ints], "rejected": [ints]}``."""
     dropped = report.dropped_counts()
     by_kind = ", ".join(f"{kind} {n}" for kind, n in dropped.items())
-    lines = [
-        f"file:        {report.path}",
+    lines = [f"file:        {report.path}"]
+    if report.columns is not None:
+        lines.append(f"columns:     {report.columns.spec}")
+    lines += [
         f"shape:       {report.shape or '(none detected)'}",
         f"rows:        {report.num_rows}",
         f"valid pairs: {len(report.pairs)}",
         f"dropped:     {len(report.problems)}" + (f" ({by_kind})" if by_kind else ""),
     ]
+    if report.lists:
+        lines.append(f"lists:       {report.lists['rows']} ranked rows → {report.lists['pairs']} pairs "
+                     f"({report.pairing}); dropped: {_list_drops(report)}")
     if report.problems:
         shown = report.problems[:MAX_LISTED]
         lines.append(f"problems (first {len(shown)} of {len(report.problems)}):")

@@ -88,7 +88,8 @@ def eval_prompts(args, models) -> tuple[list, str, bool]:
     else:
         from .preference import eval_pairs
 
-        pairs, where = eval_pairs(models, args.data, args.split, bool(args.skip_invalid))
+        pairs, where = eval_pairs(models, args.data, args.split, bool(args.skip_invalid), args.columns,
+                                   args.pairs)
         seen, prompts = set(), []
         for pair in pairs:
             if prompt_key(pair) not in seen:

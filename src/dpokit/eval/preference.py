@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import torch
 
 from ..data.collate import collator
-from ..data.prepare import resolve_data_path, split_pairs
+from ..data.columns import parse_columns
+from ..data.prepare import reading, resolve_data_path, split_pairs
 from ..data.tokenize import tokenize_pairs
 from ..data.validate import load_pairs
 from ..errors import UserError
@@ -28,24 +29,27 @@ from .files import ModelPair, default_out, load_models, prepare_out, resolve_mod
 
 # ---- which pairs ----------------------------------------------------------------------------------------------------
 
-def eval_pairs(models: ModelPair, data: str | None, split: str,
-               skip_invalid: bool) -> tuple[list[PreferencePair], str]:
+def eval_pairs(models: ModelPair, data: str | None, split: str, skip_invalid: bool, columns: str | None = None,
+               pairs: str | None = None) -> tuple[list[PreferencePair], str]:
     """(pairs, data description). `all`: every pair of --data. `heldout` / `train`: the run's by-prompt split, made
-    exactly as `dpokit dpo` made it (its seed, eval fraction, eval data and max eval pairs; --data replaces its data)."""
+    exactly as `dpokit dpo` made it (its seed, eval fraction, eval data, max eval pairs, column mapping and list
+    policy; --data, --columns and --pairs replace the run's)."""
     config = models.run_config
     if split == "all":
         data = data or (config.data if config is not None else None)
         if data is None:
             raise UserError("--data is needed (a preference file, or bundled:hh-rlhf-harmless) unless --model is a run")
-        return load_pairs(resolve_data_path(data), skip_invalid=skip_invalid).pairs, data
+        read = {"columns": parse_columns(setting(columns, config, "columns", None)),
+                "pairs": setting(pairs, config, "pairs", "best-vs-worst")}
+        return load_pairs(resolve_data_path(data), skip_invalid=skip_invalid, **read).pairs, data
     if config is None:
         raise UserError(f"--split {split} reproduces a run's split, so --model must be a run folder (config.yaml and "
                         "final/); use --split all with --data FILE for other models")
-    if data is not None:
-        config = dataclasses.replace(config, data=data)
-    train = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid).pairs
-    held = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid).pairs \
-        if config.eval_data else None
+    given = {"data": data, "columns": columns, "pairs": pairs}
+    config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None})
+    train = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config)).pairs
+    held = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid,
+                      **reading(config)).pairs if config.eval_data else None
     train, held = split_pairs(config, train, held)
     if split == "heldout" and not held:
         raise UserError(f"run {models.run}: no held-out pairs (it trained with eval_fraction 0)")
@@ -128,7 +132,7 @@ def tokenized_eval_pairs(args, models: ModelPair, tokenizer):
         raise UserError(f"--max-prompt-length {max_prompt_length} must be below --max-length {max_length} to leave "
                         "room for answers")
     skip_invalid = setting(args.skip_invalid or None, config, "skip_invalid", False)
-    pairs, data = eval_pairs(models, args.data, args.split, skip_invalid)
+    pairs, data = eval_pairs(models, args.data, args.split, skip_invalid, args.columns, args.pairs)
     report = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length,
                             skip_invalid=skip_invalid)
     if not report.pairs:

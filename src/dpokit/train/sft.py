@@ -9,7 +9,7 @@ import json
 from collections import Counter
 
 from ..config import CoHConfig, SFTConfig, dump_config
-from ..data.prepare import resolve_data_path, split_pairs
+from ..data.prepare import reading, resolve_data_path, split_pairs
 from ..data.sft import load_coh_examples, load_sft_examples
 from ..data.tokenize import tokenize_examples
 from ..errors import UserError
@@ -24,8 +24,9 @@ from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by 
 def load_examples(config: SFTConfig, path: str):
     if isinstance(config, CoHConfig):
         return load_coh_examples(resolve_data_path(path), config.positive, config.negative,
-                                 skip_invalid=config.skip_invalid)
-    return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid)
+                                 skip_invalid=config.skip_invalid, **reading(config))
+    return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid,
+                             columns=reading(config)["columns"])
 
 
 def prepare_sft_data(config: SFTConfig, tokenizer):
@@ -33,6 +34,8 @@ def prepare_sft_data(config: SFTConfig, tokenizer):
     report = load_examples(config, config.data)
     summary = {"data": {"path": config.data, "shape": report.shape, "rows": report.num_rows,
                         "dropped": report.dropped_counts()}}
+    if config.columns:
+        summary["data"]["columns"] = config.columns
     eval_examples = load_examples(config, config.eval_data).examples if config.eval_data else None
     train, held_out = split_pairs(config, report.examples, eval_examples)
     counts, tokenized = Counter(), {}
