@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import DPOConfig
-from .data.adapters import detect_shape, to_pair
-from .data.prepare import resolve_data_path, split_pairs, tokenize_splits
-from .data.validate import load_pairs
+from .data.prepare import reading, resolve_data_path, split_pairs, tokenize_splits
+from .data.validate import load_pairs, row_pairs
 from .models import frozen_copy
 from .reference import LiveReference
 from .train.checkpoint import save_pretrained_atomic
@@ -22,21 +21,26 @@ from .train.loop import train_dpo
 from .types import PreferencePair
 
 
-def load_preference_pairs(path: str, *, skip_invalid: bool = False) -> list[PreferencePair]:
-    """Any file or folder `dpokit dpo --data` accepts → validated canonical pairs."""
-    return load_pairs(resolve_data_path(path), skip_invalid=skip_invalid).pairs
+def load_preference_pairs(path: str, *, skip_invalid: bool = False, columns: str | None = None,
+                          pairs: str = "best-vs-worst") -> list[PreferencePair]:
+    """Any file or folder `dpokit dpo --data` accepts → validated canonical pairs; ``columns`` and ``pairs`` as the
+    flags --columns and --pairs."""
+    read = reading(DPOConfig(columns=columns, pairs=pairs))
+    return load_pairs(resolve_data_path(path), skip_invalid=skip_invalid, **read).pairs
 
 
-def _as_pairs(rows, name: str) -> list[PreferencePair]:
+def _as_pairs(rows, name: str, config: DPOConfig) -> list[PreferencePair]:
     if isinstance(rows, (str, Path)):
-        return load_preference_pairs(str(rows))
+        return load_preference_pairs(str(rows), columns=config.columns, pairs=config.pairs)
+    read = reading(config)
     pairs = []
     for i, row in enumerate(rows):  # PreferencePair, or a dict in any accepted row shape (a datasets.Dataset too)
         if isinstance(row, PreferencePair):
             pairs.append(row)
         else:
             origin = f"{name}[{i}]"
-            pairs.append(to_pair(dict(row), detect_shape(dict(row), origin), origin))
+            value = dict(row) if read["columns"] is None else read["columns"].map_row(dict(row), origin)
+            pairs += row_pairs(value, origin, read["pairs"])[1]
     return pairs
 
 
@@ -47,8 +51,8 @@ def train(model, reference, config: DPOConfig, dataset, tokenizer, eval_dataset=
     CLI accepts. Returns the run summary (eval metrics at start and end, steps, tokens/s) plus the trained model.
     """
     run_dir = prepare_run_dir(config)
-    train_pairs = _as_pairs(dataset, "dataset")
-    eval_pairs = None if eval_dataset is None else _as_pairs(eval_dataset, "eval_dataset")
+    train_pairs = _as_pairs(dataset, "dataset", config)
+    eval_pairs = None if eval_dataset is None else _as_pairs(eval_dataset, "eval_dataset", config)
     train_pairs, eval_pairs = split_pairs(config, train_pairs, eval_pairs)
     data = tokenize_splits(config, tokenizer, train_pairs, eval_pairs)
     check_margins(config, data.train + data.eval)

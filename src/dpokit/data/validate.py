@@ -71,11 +71,13 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, columns: ColumnM
             value = record.value if columns is None else columns.map_row(record.value, record.origin)
             if report.first_mapped is None and columns is not None:
                 report.first_mapped = value
-            shape = detect_shape(value, record.origin)
-            made = _row_pairs(value, shape, record.origin, pairs, report)
+            shape, made, dropped = row_pairs(value, record.origin, pairs)
         except RowError as e:
             report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
             continue
+        if shape == "ranked":
+            report.pairing = pairs
+            report.lists.update({"rows": 1, "pairs": len(made), **dropped})
         report.shape = report.shape or shape  # the first valid row sets the file's shape
         mixed = _shape_problem(record.origin, shape, report.shape)
         for pair in made if mixed is None else ():
@@ -90,13 +92,13 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, columns: ColumnM
     return report
 
 
-def _row_pairs(value: dict, shape: str, origin: str, policy: str, report: LoadReport) -> list[PreferencePair]:
+def row_pairs(value, origin: str, policy: str = "best-vs-worst") -> tuple[str, list[PreferencePair], Counter]:
+    """(shape, pairs, list drops) of one (already mapped) row: one pair, or the pairs ``policy`` makes of a list."""
+    shape = detect_shape(value, origin)
     if shape != "ranked":
-        return [to_pair(value, shape, origin)]
+        return shape, [to_pair(value, shape, origin)], Counter()
     made = list_pairs(value, origin, policy)
-    report.pairing = policy
-    report.lists.update({"rows": 1, "pairs": len(made.pairs), **made.dropped})
-    return made.pairs
+    return shape, made.pairs, made.dropped
 
 
 def _shape_problem(origin: str, shape: str, file_shape: str) -> Problem | None:
