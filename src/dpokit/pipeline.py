@@ -51,6 +51,8 @@ def load_recipe(path: str, *, model: str | None = None, output: str | None = Non
     preferred_ft = "data" not in stages["sft"]
     if preferred_ft:
         stages["sft"]["data"] = stages["dpo"].get("data", DEFAULT_DATA)
+        if "columns" in stages["dpo"] and "columns" not in stages["sft"]:  # the same file is read the same way
+            stages["sft"]["columns"] = stages["dpo"]["columns"]
     sft = build_config(SFTConfig, {**stages["sft"], "model": str(start), "output": str(root / "sft")}, f"{path}: sft")
     dpo = build_config(DPOConfig, {**stages["dpo"], "model": str(root / "sft" / "final"), "output": str(root / "dpo")},
                        f"{path}: dpo")

@@ -33,6 +33,16 @@ def test_recipe_errors_name_the_key(tmp_path):
         load_recipe(str(bad))
 
 
+def test_preferred_ft_reads_the_dpo_file_through_the_dpo_mapping(tmp_path):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump({"dpo": {"data": "qa.jsonl", "columns": {"prompt": "question"}}}))
+    recipe = load_recipe(str(recipe_file))
+    assert recipe.sft.data == recipe.dpo.data == "qa.jsonl"
+    assert recipe.sft.columns == recipe.dpo.columns == "prompt=question"
+    recipe_file.write_text(yaml.safe_dump({"sft": {"data": "sft.jsonl"}, "dpo": {"columns": "prompt=question"}}))
+    assert load_recipe(str(recipe_file)).sft.columns is None  # its own file: no mapping borrowed
+
+
 def test_pipeline_dpo_reference_is_the_sft_model(tiny_model_dir, pairs_file, tmp_path):  # noqa: F811
     stage = {"max_steps": 3, "batch_size": 4, "max_length": 192, "max_prompt_length": 96, "eval_fraction": 0.25}
     recipe = tmp_path / "recipe.yaml"
