@@ -31,11 +31,13 @@ def good_rows(n=8):
     ({"q": "q?", "answers": ["x", "y"]}, ["--columns", MAP],
      "rows.jsonl:9: mapped field 'question' (for prompt): the row has no field 'question'"),
     ({"question": "q?", "answers": ["only"]}, ["--columns", "prompt=question,responses=answers"],
-     "rows.jsonl:9: field 'responses' has 1 answer; a ranked list needs at least 2 to make a pair"),
+     "rows.jsonl:9: field 'responses' has 1 answer; a ranked list needs at least 2 to make a pair (responses is "
+     "mapped from 'answers')"),
     ({"question": "q?", "answers": ["x", "y"], "s": [1, "high"]}, ["--columns", "prompt=question,responses=answers,scores=s"],
-     "rows.jsonl:9: field 'scores[1]' must be a finite number, got str 'high'"),
+     "rows.jsonl:9: field 'scores[1]' must be a finite number, got str 'high' (scores is mapped from 's')"),
     ({"question": "q?", "answers": ["x", "y"], "r": [1, 1]}, ["--columns", "prompt=question,responses=answers,ranks=r"],
-     "rows.jsonl:9: rank 1 appears twice in 'ranks' (items 0 and 1); ranks must be distinct"),
+     "rows.jsonl:9: rank 1 appears twice in 'ranks' (items 0 and 1); ranks must be distinct (give scores instead "
+     "to express a tie) (ranks is mapped from 'r')"),
 ])
 def test_bad_rows_are_one_error_line_exit_2_nothing_written(tiny_model_dir, tmp_path, capsys, bad_row, args, message):
     rows = good_rows()

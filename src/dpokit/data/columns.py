@@ -64,6 +64,16 @@ class ColumnMap:
                 mapped[key] = value[key]
         return mapped
 
+    def explain(self, error: RowError) -> RowError:
+        """A row error about a mapped target, with the user's own path named: "field 'scores[1]' … (scores is
+        mapped from 's')"."""
+        target = re.split(r"[.\[]", error.field or "", maxsplit=1)[0]
+        paths = dict(self.entries).get(target)
+        if paths is None or error.detail.startswith("mapped field "):
+            return error
+        source = "+".join(p.text for p in paths)
+        return RowError(error.origin, error.field, f"{error.detail} ({target} is mapped from '{source}')")
+
 
 def parse_columns(spec: str | Mapping | None, source: str = "--columns") -> ColumnMap | None:
     """``"prompt=question,chosen=a[0]"`` (or the same as a mapping, from YAML) → ColumnMap; None for no mapping."""

@@ -109,6 +109,7 @@ def load_sft_examples(path: str | Path, *, skip_invalid: bool = False,
             shape = sft_shape(value, record.origin)
             example = to_example(value, shape, record.origin)
         except RowError as e:
+            e = e if columns is None else columns.explain(e)
             report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
             continue
         report.shape = report.shape or shape

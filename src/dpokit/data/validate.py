@@ -73,6 +73,7 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, columns: ColumnM
                 report.first_mapped = value
             shape, made, dropped = row_pairs(value, record.origin, pairs)
         except RowError as e:
+            e = e if columns is None else columns.explain(e)
             report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
             continue
         if shape == "ranked":
