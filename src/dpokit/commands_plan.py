@@ -43,7 +43,7 @@ def describe(plan: Plan) -> str:
                  f"{s.micro_pairs} per device × {s.grad_accum} micro-batches × {s.gpus} devices; "
                  f"{tokens_pair} tokens per pair ({s.layout} layout, max_length {s.max_length}, prompt "
                  f"{s.prompt_length}); checkpointing {'on' if s.gradient_checkpointing else 'off'}; reference "
-                 f"{'cached' if s.reference_cache == 'on' else 'live'}; LM head {'full' if s.full_logits else 'lean'}")
+                 f"{reference_kind(s)}; LM head {'full' if s.full_logits else 'lean'}")
     lines.append("")
     lines.append("| per device | GB |")
     lines.append("|---|---:|")
@@ -59,6 +59,12 @@ def describe(plan: Plan) -> str:
         per_pair = plan.reference_pass_flops / (s.gpus * s.tflops * 1e12 * s.utilization)
         lines.append(f"reference cache: computed once before training, {per_pair * 1000:.2f} ms per pair")
     return "\n".join(lines)
+
+
+def reference_kind(s: PlanSettings) -> str:
+    if not s.uses_reference:
+        return f"none ({s.loss} is reference-free)"
+    return "adapters off" if s.lora else "cached" if s.reference_cache == "on" else "live"
 
 
 def report(shape: ModelShape, s: PlanSettings) -> tuple[str, Plan]:
@@ -114,6 +120,7 @@ def add_plan_arguments(p) -> None:
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), help="autocast over float32 weights")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument("--reference-cache", choices=("on", "off"), help="on (default): cached log-probs; off: live model")
+    p.add_argument("--loss", help="the run's --loss (default sigmoid); simpo and orpo need no reference at all")
     p.add_argument("--zero", choices=ZERO_CHOICES, help="0 = DDP, 2/3 = DeepSpeed ZeRO stage, fsdp = FSDP full shard")
     p.add_argument("--layout", choices=("shared", "packed", "padded"), help=f"batch layout (default {d.layout})")
     p.add_argument("--full-logits", action="store_true", default=None, help="logits at every position (not lean)")

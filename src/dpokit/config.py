@@ -17,7 +17,7 @@ import yaml
 from .data.columns import parse_columns
 from .data.lists import POLICIES as PAIRING
 from .errors import UserError
-from .losses import LOSSES
+from .losses import LOSSES, loss_terms, needs_reference
 from .models import DTYPES, EMBEDDED_MODEL
 
 DEFAULT_DATA = "bundled:hh-rlhf-harmless"  # the sample shipped inside the package
@@ -100,10 +100,16 @@ class TrainConfig:
 class DPOConfig(TrainConfig):
     ref: Optional[str] = opt(None, "reference model (default: --model before training; with LoRA, --model with adapters off)")
     data: str = opt(DEFAULT_DATA, "preference pairs: JSONL/JSON/CSV/Parquet (.gz ok) or a save_to_disk folder")
-    loss: str = opt("sigmoid", "objective: " + ", ".join(LOSSES), choices=tuple(LOSSES))
-    beta: float = opt(0.1, "β: strength of the KL tie to the reference (usually 0.1–0.5)")
-    label_smoothing: float = opt(0.0, "ε for cdpo/sigmoid (conservative DPO) and robust: assumed label-flip rate")
+    loss: str = opt("sigmoid", "objective: " + ", ".join(LOSSES) + "; or several, comma-separated, combined by "
+                               "--loss-weights (e.g. sigmoid,sft)", listing=True)
+    loss_weights: Optional[str] = opt(None, "one weight per --loss term, comma-separated (e.g. 1.0,0.5; default: all 1)",
+                                      listing=True)
+    beta: float = opt(0.1, "β: strength of the KL tie to the reference (usually 0.1–0.5); SimPO's reward scale "
+                           "(its paper uses 2–2.5)")
+    label_smoothing: float = opt(0.0, "ε for cdpo/sigmoid (conservative DPO), robust and simpo: assumed label-flip rate")
     odpo_alpha: float = opt(1.0, "α for odpo: offset = α·log(1 + margin)")
+    gamma: float = opt(0.5, "γ for simpo: the target reward margin")
+    orpo_lambda: float = opt(0.1, "λ for orpo: weight of the odds-ratio term beside the chosen NLL")
     sft_weight: float = opt(0.0, "weight of a per-token NLL term on chosen answers (RPO); 0 = off")
     layout: str = opt("shared", "batch layout: shared = one [prompt|chosen|rejected] row per pair (prompt computed once); "
                                 "packed = several such blocks per row up to --tokens-per-row (no padding); "
@@ -193,17 +199,29 @@ def check_dpo_config(c: DPOConfig) -> None:
     def bad(key: str, why: str):
         raise UserError(f"config: {key}: {why}")
 
-    spec = LOSSES.get(c.loss)
-    if spec is None:
-        bad("loss", f"unknown loss {c.loss!r}; choose one of {', '.join(LOSSES)}")
+    try:
+        terms = loss_terms(c.loss, c.loss_weights)
+    except ValueError as e:
+        bad("loss_weights" if "loss_weights" in str(e) else "loss", str(e))
+    names = [name for name, _ in terms]
     if c.beta <= 0:
         bad("beta", f"must be > 0, got {c.beta}")
-    if c.label_smoothing and not spec.uses_label_smoothing:
-        bad("label_smoothing", f"the {c.loss!r} loss does not use it; use --loss cdpo or robust, or drop it")
+    if c.label_smoothing and not any(LOSSES[n].uses_label_smoothing for n in names):
+        bad("label_smoothing", f"the {c.loss!r} loss does not use it; use --loss cdpo, robust or simpo, or drop it")
     if not 0 <= c.label_smoothing < 0.5:
         bad("label_smoothing", f"must be in [0, 0.5), got {c.label_smoothing}")
-    if c.loss != "odpo" and c.odpo_alpha != 1.0:
-        bad("odpo_alpha", "only the odpo loss uses it")
+    for key, loss, default in (("odpo_alpha", "odpo", 1.0), ("gamma", "simpo", 0.5), ("orpo_lambda", "orpo", 0.1)):
+        if loss not in names and getattr(c, key) != default:
+            bad(key, f"only the {loss} loss uses it")
+    if c.orpo_lambda <= 0:
+        bad("orpo_lambda", f"must be > 0, got {c.orpo_lambda}")
+    if c.sft_weight and "sft" in names:
+        bad("sft_weight", "the sft term is already in --loss; give its weight in --loss-weights instead")
+    if not needs_reference(c.loss):
+        if c.ref:
+            bad("ref", f"{c.loss} needs no reference model; drop --ref")
+        if c.reference_cache == "off":
+            bad("reference_cache", f"{c.loss} needs no reference, live or cached; drop --reference-cache")
     if c.attention == "flash_attention_2" and c.layout != "padded":
         bad("attention", f"flash_attention_2 takes no custom mask, and the {c.layout} layout needs one (rejected must "
                          "not see chosen); use --layout padded with it, or --attention sdpa")
@@ -246,6 +264,8 @@ def build_config(cls, values: dict[str, Any], source: str = "config"):
         typ = _field_type(cls, fields[key])
         if fields[key].metadata.get("mapping") and isinstance(value, dict):  # YAML `columns: {prompt: question}`
             value = parse_columns(value, f"{source}: {key}").spec
+        if fields[key].metadata.get("listing") and isinstance(value, list):  # YAML `loss: [sigmoid, sft]`
+            value = ",".join(map(str, value))
         if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
             clean[key] = value
         elif typ is float and isinstance(value, int) and not isinstance(value, bool):

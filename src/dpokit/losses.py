@@ -2,10 +2,16 @@
 
 Every loss has one signature::
 
-    fn(policy: PairLogps, reference: PairLogps, *, beta, label_smoothing, margins, odpo_alpha) -> LossOutput
+    fn(policy: PairLogps, reference: PairLogps | None, *, beta, <the settings its LossSpec names>) -> LossOutput
 
 Notation (Rafailov et al. 2023): the implicit reward of a completion is r = β · (log π(y|x) − log π_ref(y|x));
 ``h`` below is the un-scaled margin (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)).
+Reference-free losses (SimPO, ORPO, the SFT term) get ``reference=None`` and never need one: a run made only of
+them loads no reference model and computes no reference log-probs. ``ℓ(y) = log π(y|x) / |y|`` below is the
+length-normalised (per-token mean) log-prob of a completion.
+
+Losses combine by weight (``--loss sigmoid,sft --loss-weights 1,0.5``): the per-pair loss is Σ w_k · loss_k, and
+the logged rewards are those of the first term that defines rewards.
 """
 from __future__ import annotations
 
@@ -92,6 +98,57 @@ def odpo_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odp
     return LossOutput(-F.logsigmoid(beta * h - offset), *_rewards(policy, reference, beta))
 
 
+def _mean_logps(policy: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
+    """ℓ(y_w), ℓ(y_l): summed log-probs divided by completion token counts, (B,) each."""
+    return policy.chosen / policy.chosen_tokens.clamp(min=1), policy.rejected / policy.rejected_tokens.clamp(min=1)
+
+
+def simpo_loss(policy, reference=None, *, beta, gamma=0.5, label_smoothing=0.0) -> LossOutput:
+    """SimPO (Meng, Xia and Chen 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward", eq. 6):
+    −log σ(β ℓ(y_w) − β ℓ(y_l) − γ). The reward is the paper's eq. 4, r(y) = β ℓ(y): no reference model. With
+    ε > 0 the label is smoothed as in cDPO. TRL's CPOTrainer(loss_type="simpo") writes the same loss as
+    β · (ℓ_w − ℓ_l − γ/β); with its default cpo_alpha = 1 it also adds a behaviour-cloning NLL, which the
+    paper's SimPO does not (dpokit: add the `sft` term by weight if you want one)."""
+    chosen, rejected = _mean_logps(policy)
+    h = beta * (chosen - rejected) - gamma
+    losses = -(1 - label_smoothing) * F.logsigmoid(h) - label_smoothing * F.logsigmoid(-h)
+    return LossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0 without cancellation: log(−expm1(x)) near 0, log1p(−exp(x)) below −ln 2
+    (Mächler 2012)."""
+    return torch.where(x < -LN2, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(policy, reference=None, *, beta, orpo_lambda=0.1) -> LossOutput:
+    """ORPO (Hong, Lee and Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
+    eqs. 2-7): L_SFT + λ · L_OR, one stage, no reference.
+
+    - L_SFT (eq. 2) is the chosen answer's per-token NLL, −ℓ(y_w), over answer tokens only.
+    - L_OR (eqs. 6-7) is −log σ(log odds(y_w) − log odds(y_l)), where odds(y) = P(y)/(1 − P(y)) and
+      P(y) = exp ℓ(y) (eq. 4). So the log odds are ℓ(y) − log(1 − exp ℓ(y)).
+
+    Rewards are logged as λ · ℓ(y), as TRL logs them. TRL's ORPOTrainer computes the same L_OR; its NLL term
+    differs from the paper: a token mean over the whole batch, over prompt *and* answer tokens. dpokit implements
+    the paper's. The extras carry TRL's two log-odds metrics under its names.
+    """
+    chosen, rejected = _mean_logps(policy)
+    log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))  # (B,)
+    ratio = F.logsigmoid(log_odds)
+    losses = -chosen - orpo_lambda * ratio
+    return LossOutput(losses, orpo_lambda * chosen.detach(), orpo_lambda * rejected.detach(),
+                      extras={"log_odds_ratio": ratio.detach(), "log_odds_chosen": log_odds.detach()})
+
+
+def sft_term(policy, reference=None, *, beta) -> LossOutput:
+    """The chosen answer's per-token NLL, −ℓ(y_w) (the SFT term of RPO, Pang et al. 2024, and of ORPO's eq. 2); it
+    defines no rewards, so it only ever joins a combination."""
+    nll = chosen_nll(policy)
+    zeros = torch.zeros_like(nll).detach()
+    return LossOutput(nll, zeros, zeros)
+
+
 def chosen_nll(policy: PairLogps) -> torch.Tensor:
     """Per-token NLL of the chosen completion, (B,): the RPO term added with weight `sft_weight`."""
     return -policy.chosen / policy.chosen_tokens.clamp(min=1)
@@ -114,16 +171,66 @@ class LossSpec:
     uses_label_smoothing: bool = False
     needs_margins: bool = False
     summary: str = ""
+    settings: tuple[str, ...] = ()  # config fields passed to `fn` by name, besides beta
+    reference_free: bool = False
+    rewards: bool = True  # False: the term defines no rewards (sft)
+    extras: tuple[str, ...] = ()  # per-pair metrics it adds under these names
 
 
 LOSSES: dict[str, LossSpec] = {
-    "sigmoid": LossSpec(sigmoid_loss, uses_label_smoothing=True, summary="DPO (eq. 7); with --label-smoothing it is cDPO"),
-    "cdpo": LossSpec(sigmoid_loss, uses_label_smoothing=True, summary="conservative DPO: ε-mixed labels (--label-smoothing)"),
-    "robust": LossSpec(robust_loss, uses_label_smoothing=True, summary="robust DPO: unbiased under label-flip rate ε"),
+    "sigmoid": LossSpec(sigmoid_loss, uses_label_smoothing=True, settings=("label_smoothing",),
+                        summary="DPO (eq. 7); with --label-smoothing it is cDPO"),
+    "cdpo": LossSpec(sigmoid_loss, uses_label_smoothing=True, settings=("label_smoothing",),
+                     summary="conservative DPO: ε-mixed labels (--label-smoothing)"),
+    "robust": LossSpec(robust_loss, uses_label_smoothing=True, settings=("label_smoothing",),
+                       summary="robust DPO: unbiased under label-flip rate ε"),
     "hinge": LossSpec(hinge_loss, summary="SLiC hinge: max(0, 1 − βh)"),
     "ipo": LossSpec(ipo_loss, summary="IPO on per-token-averaged log-ratios (as TRL)"),
     "ipo_sum": LossSpec(ipo_sum_loss, summary="IPO on summed log-ratios (as the reference DPO code)"),
-    "odpo": LossSpec(odpo_loss, needs_margins=True, summary="DPO with an offset from per-pair margins"),
+    "odpo": LossSpec(odpo_loss, needs_margins=True, settings=("odpo_alpha",),
+                     summary="DPO with an offset from per-pair margins"),
+    "simpo": LossSpec(simpo_loss, uses_label_smoothing=True, settings=("label_smoothing", "gamma"), reference_free=True,
+                      summary="SimPO: length-normalised log-probs with a target margin γ, no reference"),
+    "orpo": LossSpec(orpo_loss, settings=("orpo_lambda",), reference_free=True,
+                     extras=("log_odds_ratio", "log_odds_chosen"),
+                     summary="ORPO: chosen NLL + λ × odds-ratio term, no reference, no SFT stage"),
+    "sft": LossSpec(sft_term, reference_free=True, rewards=False,
+                    summary="the chosen answer's per-token NLL (only in a combination, e.g. sigmoid,sft)"),
 }
+
+
+def loss_terms(loss: str, weights: str | None = None) -> tuple[tuple[str, float], ...]:
+    """"sigmoid,sft" with "1,0.5" → (("sigmoid", 1.0), ("sft", 0.5)); one loss and no weights → weight 1.
+
+    Raises ValueError naming what is wrong: an unknown name, a repeated one, a weight count that does not match,
+    a weight that is not a positive number, or a combination with no term that defines rewards."""
+    names = [n.strip() for n in loss.split(",")]
+    for name in names:
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"{loss!r} names a loss twice; give each once, with its weight in loss_weights")
+    if weights is None:
+        values = [1.0] * len(names)
+    else:
+        parts = [w.strip() for w in str(weights).split(",")]
+        if len(parts) != len(names):
+            raise ValueError(f"loss_weights {weights!r} has {len(parts)} weights for {len(names)} losses "
+                             f"({', '.join(names)}); give one per loss, in the same order")
+        try:
+            values = [float(w) for w in parts]
+        except ValueError:
+            raise ValueError(f"loss_weights {weights!r}: every weight must be a number") from None
+        if not all(math.isfinite(w) and w > 0 for w in values):
+            raise ValueError(f"loss_weights {weights!r}: every weight must be a positive finite number")
+    if not any(LOSSES[n].rewards for n in names):
+        raise ValueError(f"{loss!r} has no preference term; combine sft with one (e.g. sigmoid,sft), or use dpokit sft")
+    return tuple(zip(names, values))
+
+
+def needs_reference(loss: str) -> bool:
+    """Whether any term of ``loss`` (one name or a combination) compares against a reference model."""
+    return any(not LOSSES[n.strip()].reference_free for n in loss.split(",") if n.strip() in LOSSES)
+
 
 LN2 = math.log(2.0)

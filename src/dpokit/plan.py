@@ -83,6 +83,7 @@ class PlanSettings:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     reference_cache: str = "on"
+    loss: str = "sigmoid"  # a reference-free loss (simpo, orpo) has no reference: no copy, no pass, no cache
     zero: str = "0"
     layout: str = "shared"
     full_logits: bool = False
@@ -90,6 +91,12 @@ class PlanSettings:
     cpu_malloc: str = "glibc"  # CPU runs: glibc's heap fragments are part of the runtime unless the lean policy is on
     utilization: float = 0.4
     tflops: float = 989.0  # H100 SXM dense bf16 peak
+
+    @property
+    def uses_reference(self) -> bool:
+        from .losses import needs_reference
+
+        return needs_reference(self.loss)
 
     @property
     def micro_pairs(self) -> int:
@@ -113,6 +120,12 @@ def check_settings(s: PlanSettings) -> None:
         bad("mixed_precision", "autocast needs float32 weights (as in dpokit dpo); use --dtype float32 with it")
     if not 0 < s.utilization <= 1:
         bad("utilization", "must be in (0, 1]")
+    from .losses import loss_terms
+
+    try:
+        loss_terms(s.loss)
+    except ValueError as e:
+        bad("loss", str(e))
 
 
 # --- the model, counted on the meta device -------------------------------------------------------------------
@@ -259,7 +272,7 @@ def estimate_memory(shape: ModelShape, s: PlanSettings) -> tuple[dict[str, int],
     if shard_weights:
         root = shape.embedding + (0 if shape.tied else shape.head)
         parts["gathered layers"] = (2 * shape.layer_params + root) * (2 if s.mixed_precision != "no" else stored)
-    separate_ref = s.reference_cache == "off" and not s.lora
+    separate_ref = s.reference_cache == "off" and not s.lora and s.uses_reference
     parts["reference"] = shape.params * BYTES[s.dtype] if separate_ref else 0
     if separate_ref and shard_weights:
         notes.append("the live reference is a full copy on every device: dpokit does not shard it")
@@ -301,11 +314,11 @@ def make_plan(shape: ModelShape, s: PlanSettings) -> Plan:
     row = tokens_pair // (2 if s.layout == "padded" else 1)
     fwd = forward_flops_per_token(shape, row, answers_pair / tokens_pair, s.full_logits)
     passes = (2 if s.lora else 3) + (1 if s.gradient_checkpointing else 0)
-    live = s.reference_cache == "off"
+    live = s.reference_cache == "off" and s.uses_reference
     tokens = s.batch_size * tokens_pair
     plan = Plan(shape, s, parts, notes, tokens_per_step=tokens)
     plan.step_flops = fwd * tokens * (passes + (1 if live else 0))
-    plan.reference_pass_flops = 0.0 if live else fwd * tokens_pair
+    plan.reference_pass_flops = fwd * tokens_pair if s.uses_reference and not live else 0.0
     return plan
 
 

@@ -80,6 +80,7 @@ class LossOutput:
     losses: torch.Tensor  # (B,)
     chosen_rewards: torch.Tensor  # (B,) detached
     rejected_rewards: torch.Tensor  # (B,) detached
+    extras: dict | None = None  # further per-pair metrics, (B,) detached each, e.g. ORPO's log odds
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from dpokit.errors import UserError
 from dpokit.memory import layer_activation_elements
 from dpokit.plan import GB, PlanSettings, alternatives, make_plan, model_shape, row_tokens
 
@@ -130,3 +131,18 @@ def test_meta_device_leaves_no_real_tensors(tmp_path):
     before = torch.empty(0).device
     model_shape(str(path), lora_r=4)
     assert torch.empty(0).device == before  # the meta device context did not leak
+
+
+
+def test_a_reference_free_loss_plans_no_reference_copy_and_no_reference_pass(shape):
+    live = PlanSettings(gpus=1, reference_cache="off")
+    assert make_plan(shape, live).parts["reference"] > 0
+    simpo = make_plan(shape, replace(live, loss="simpo"))
+    assert simpo.parts["reference"] == 0 and simpo.reference_pass_flops == 0
+    # one forward fewer per step than the live reference: fwd + bwd (3 passes) instead of 4
+    assert simpo.step_flops == pytest.approx(make_plan(shape, live).step_flops * 3 / 4)
+    cached = make_plan(shape, PlanSettings(gpus=1, loss="orpo"))
+    assert cached.reference_pass_flops == 0 and cached.parts["reference"] == 0
+    assert make_plan(shape, PlanSettings(gpus=1)).reference_pass_flops > 0
+    with pytest.raises(UserError, match="unknown loss"):
+        make_plan(shape, PlanSettings(gpus=1, loss="simpo,nope"))

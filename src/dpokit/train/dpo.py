@@ -10,7 +10,7 @@ from ..config import DPOConfig, dump_config
 from ..data.collate import collator
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
-from ..losses import LN2, LOSSES
+from ..losses import LN2, LOSSES, loss_terms, needs_reference
 from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
 from .loop import pairs_reached, train_dpo
@@ -18,7 +18,7 @@ from .setup import finish_run, start_run, summary_tail
 
 
 def check_margins(config: DPOConfig, pairs) -> None:
-    if LOSSES[config.loss].needs_margins:
+    if any(LOSSES[name].needs_margins for name, _ in loss_terms(config.loss, config.loss_weights)):
         missing = [p.origin for p in pairs if p.margin is None]
         if missing:
             raise UserError(f"{missing[0]}: the {config.loss} loss needs a per-pair `margin` (or score_chosen/"
@@ -99,7 +99,9 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
     estimated = estimate_memory(config, model_path, ref_path if config.ref else None, dtype)
     policy = load_policy(model_path, config, dtype)
-    reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator)
+    # Reference-free losses (simpo, orpo): no reference model, no reference pass, no cache.
+    reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator) \
+        if needs_reference(config.loss) else None
     if main:
         dump_config(config, run_dir / "config.yaml")
 
@@ -107,9 +109,10 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     trained, trained_state = result.pop("policy"), result.pop("policy_state")
     if not main:
         return result
-    reference_source = str(reference.path) if getattr(reference, "path", None) else "live"
+    reference_source = "none" if reference is None else str(reference.path) if getattr(reference, "path", None) \
+        else "live"
     summary = finish_run(run_dir, trained, tokenizer, config, {
-        **data.summary, **result, "dtype": dtype, "reference": reference_source,
+        **data.summary, **result, "loss": config.loss, "dtype": dtype, "reference": reference_source,
         "estimated_memory_mb": estimated.total / 2**20}, accelerator, started, trained_state)
     if not quiet:
         print(format_summary(summary))
@@ -132,10 +135,15 @@ def format_summary(s: dict) -> str:
     start, end = s.get("eval_start") or {}, s.get("eval_end") or {}
     if end:
         lines.append(f"  held-out ({s['pairs']['eval']} pairs)      start     end")
-        for key, label in (("eval/loss", "DPO loss"), ("eval/rewards/accuracies", "reward accuracy"),
+        for key, label in (("eval/loss", f"loss ({s.get('loss', 'sigmoid')})"), ("eval/rewards/accuracies", "reward accuracy"),
                            ("eval/rewards/margins", "reward margin")):
             lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}")
-        lines.append(f"  (at the start the policy equals the reference: loss ln 2 = {LN2:.4f}, every margin 0; "
-                     "a tie counts as a wrong answer, so accuracy starts at 0)")
+        if s.get("reference") != "none":
+            plain = f"loss ln 2 = {LN2:.4f}, " if s.get("loss", "sigmoid") in ("sigmoid", "cdpo", "robust") else ""
+            lines.append(f"  (at the start the policy equals the reference: {plain}every margin 0; "
+                         "a tie counts as a wrong answer, so accuracy starts at 0)")
+        else:
+            lines.append("  (reference-free loss: a reward is a scaled per-token mean log-prob of the answer, β·ℓ for "
+                         "simpo and λ·ℓ for orpo, so accuracy at the start is the starting model's own preference)")
     lines += summary_tail(s)
     return "\n".join(lines)

@@ -26,6 +26,7 @@ def pair_metrics(out: LossOutput, policy: PairLogps) -> dict[str, torch.Tensor]:
         "rewards/margins": out.chosen_rewards - out.rejected_rewards,
         "logps/chosen": policy.chosen.detach(),
         "logps/rejected": policy.rejected.detach(),
+        **(out.extras or {}),
     }
 
 

@@ -10,19 +10,35 @@ import torch
 
 from ..data.collate import collate_sequences, collator
 from ..logprobs import PairLogpsModule, SequenceLogpsModule
-from ..losses import LOSSES, PairLogps, chosen_nll, sft_nll
-from ..types import PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
+from ..losses import LOSSES, PairLogps, chosen_nll, loss_terms, sft_nll
+from ..types import LossOutput, PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
 from .metrics import METRIC_KEYS, pair_metrics
 
 
-def objective(policy_model, reference_logps: PairLogps, batch: PreferenceBatch, config):
+def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, margins, config) -> LossOutput:
+    """Σ w_k · loss_k over the terms of ``config.loss`` (one, or several by --loss-weights), per pair; rewards and
+    extras from the first term that defines rewards. Each loss gets only the settings its LossSpec names."""
+    total, shown, extras = None, None, {}
+    for name, weight in loss_terms(config.loss, config.loss_weights):
+        spec = LOSSES[name]
+        settings = {key: getattr(config, key) for key in spec.settings}
+        if spec.needs_margins:
+            settings["margins"] = margins
+        out = spec.fn(policy, None if spec.reference_free else reference_logps, beta=config.beta, **settings)
+        total = weight * out.losses if total is None else total + weight * out.losses
+        shown = out if shown is None and spec.rewards else shown
+        extras.update(out.extras or {})
+    return LossOutput(total, shown.chosen_rewards, shown.rejected_rewards, extras or None)
+
+
+def objective(policy_model, reference_logps: PairLogps | None, batch: PreferenceBatch, config):
     """DPO-family loss of one micro-batch (mean over its pairs) and its per-pair metrics.
 
     `policy_model` is a PairLogpsModule (possibly inside a DDP wrapper): calling it gives the pair log-probs.
+    `reference_logps` is None for reference-free losses.
     """
     policy = PairLogps(*policy_model(batch))
-    out = LOSSES[config.loss].fn(policy, reference_logps, beta=config.beta, label_smoothing=config.label_smoothing,
-                                 margins=batch.margins, odpo_alpha=config.odpo_alpha)
+    out = combined_loss(policy, reference_logps, batch.margins, config)
     losses = out.losses
     if config.sft_weight:
         losses = losses + config.sft_weight * chosen_nll(policy)
@@ -35,8 +51,11 @@ class DPOObjective:
     progress_key = "rewards/accuracies"
 
     def __init__(self, reference, config):
+        """`reference`: a LiveReference, CachedReference or AdaptersOffReference; None for reference-free losses."""
         self.reference, self.config = reference, config
         self.collate = collator(config)
+        self.metric_keys = METRIC_KEYS + tuple(key for name, _ in loss_terms(config.loss, config.loss_weights)
+                                               for key in LOSSES[name].extras)
         self._eval_reference: dict[tuple, PairLogps] = {}  # held-out reference log-probs never change
 
     def wrap(self, model) -> torch.nn.Module:
@@ -46,7 +65,9 @@ class DPOObjective:
     def length(pair: TokenizedPair) -> int:
         return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
-    def reference_logps(self, batch: PreferenceBatch, split: str, indices: list[int], module) -> PairLogps:
+    def reference_logps(self, batch: PreferenceBatch, split: str, indices: list[int], module) -> PairLogps | None:
+        if self.reference is None:
+            return None
         if split != "eval":
             return self.reference.logps(batch, split, indices, policy_module=module)
         key = tuple(indices)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..losses import needs_reference
+
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
@@ -74,7 +76,9 @@ class OverfitWatch:
     @classmethod
     def for_run(cls, config, resumed: dict) -> "OverfitWatch":
         """The watch of one run; after --resume, --early-stop's best so far comes back from the checkpoint."""
-        watch = cls(patience=config.patience, beta=getattr(config, "beta", None),
+        # The chosen-drop check reads rewards as β·(log π − log π_ref): only losses with a reference have such rewards.
+        beta = getattr(config, "beta", None) if needs_reference(getattr(config, "loss", "")) else None
+        watch = cls(patience=config.patience, beta=beta,
                     chosen_drop=getattr(config, "warn_chosen_drop", 5.0))
         if resumed.get("best_eval_loss") is not None:
             watch.best_loss, watch.best_step = resumed["best_eval_loss"], resumed["best_step"]
