@@ -7,7 +7,7 @@ from collections import Counter
 from .data.columns import parse_columns
 from .data.prepare import resolve_data_path
 from .data.tokenize import tokenize_pairs
-from .data.validate import format_report, load_pairs
+from .data.validate import FeedbackRows, format_report, load_pairs
 
 
 def token_lengths(tokenizer, pairs, max_length: int, max_prompt_length: int | None) -> tuple[dict, Counter]:
@@ -40,10 +40,29 @@ def _clip(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def feedback_command(args, columns) -> int:
+    """`dpokit validate` on thumbs-up/down rows: shape, counts by label, problems (no token table: pairs only)."""
+    from .data.feedback import load_feedback
+
+    report = load_feedback(resolve_data_path(args.path), skip_invalid=True, columns=columns)
+    dropped = report.dropped_counts()
+    lines = [f"file:        {report.path}", f"shape:       {report.shape}", f"rows:        {report.num_rows}",
+             f"examples:    {len(report.examples)} ({report.desirable} desirable, "
+             f"{len(report.examples) - report.desirable} undesirable): for --loss kto",
+             f"dropped:     {len(report.problems)}" + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})"
+                                                        if dropped else "")]
+    lines += [f"  [{p.kind}] {p.line()}" for p in report.problems[:10]]
+    print("\n".join(lines))
+    return 0 if not report.problems else 1
+
+
 def validate_command(args) -> int:
     columns = parse_columns(args.columns)
-    report = load_pairs(resolve_data_path(args.path), skip_invalid=True, columns=columns,
-                        pairs=args.pairs or "best-vs-worst")
+    try:
+        report = load_pairs(resolve_data_path(args.path), skip_invalid=True, columns=columns,
+                            pairs=args.pairs or "best-vs-worst")
+    except FeedbackRows:
+        return feedback_command(args, columns)
     stats, counts = None, Counter()
     if not args.no_tokens and report.pairs:
         from .models import EMBEDDED_MODEL, load_tokenizer, resolve_model_path

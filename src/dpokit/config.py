@@ -110,6 +110,8 @@ class DPOConfig(TrainConfig):
     odpo_alpha: float = opt(1.0, "α for odpo: offset = α·log(1 + margin)")
     gamma: float = opt(0.5, "γ for simpo: the target reward margin")
     orpo_lambda: float = opt(0.1, "λ for orpo: weight of the odds-ratio term beside the chosen NLL")
+    desirable_weight: float = opt(1.0, "λ_D for kto: weight of the loss on desirable (thumbs-up) answers")
+    undesirable_weight: float = opt(1.0, "λ_U for kto: weight of the loss on undesirable (thumbs-down) answers")
     sft_weight: float = opt(0.0, "weight of a per-token NLL term on chosen answers (RPO); 0 = off")
     layout: str = opt("shared", "batch layout: shared = one [prompt|chosen|rejected] row per pair (prompt computed once); "
                                 "packed = several such blocks per row up to --tokens-per-row (no padding); "
@@ -210,9 +212,12 @@ def check_dpo_config(c: DPOConfig) -> None:
         bad("label_smoothing", f"the {c.loss!r} loss does not use it; use --loss cdpo, robust or simpo, or drop it")
     if not 0 <= c.label_smoothing < 0.5:
         bad("label_smoothing", f"must be in [0, 0.5), got {c.label_smoothing}")
-    for key, loss, default in (("odpo_alpha", "odpo", 1.0), ("gamma", "simpo", 0.5), ("orpo_lambda", "orpo", 0.1)):
+    for key, loss, default in (("odpo_alpha", "odpo", 1.0), ("gamma", "simpo", 0.5), ("orpo_lambda", "orpo", 0.1),
+                               ("desirable_weight", "kto", 1.0), ("undesirable_weight", "kto", 1.0)):
         if loss not in names and getattr(c, key) != default:
             bad(key, f"only the {loss} loss uses it")
+    if c.desirable_weight <= 0 or c.undesirable_weight <= 0:
+        bad("desirable_weight", "kto's weights must be > 0")
     if c.orpo_lambda <= 0:
         bad("orpo_lambda", f"must be > 0, got {c.orpo_lambda}")
     if c.sft_weight and "sft" in names:

@@ -141,6 +141,29 @@ def orpo_loss(policy, reference=None, *, beta, orpo_lambda=0.1) -> LossOutput:
                       extras={"log_odds_ratio": ratio.detach(), "log_odds_chosen": log_odds.detach()})
 
 
+def kto_loss(policy, reference, *, beta, labels, desirable_weight=1.0, undesirable_weight=1.0) -> LossOutput:
+    """KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", eq. 8) on unpaired
+    feedback. Each example's `chosen` is its answer y, `rejected` a mismatched answer y' (another example's) for the
+    reference point; ``labels`` (B,) is True for desirable answers.
+
+        r   = log π(y|x) − log π_ref(y|x)
+        z₀  = max(0, mean over the batch of log π(y'|x) − log π_ref(y'|x))    (detached: no gradient, §4.1)
+        loss = λ_D (1 − σ(β (r − z₀)))   for a desirable answer
+               λ_U (1 − σ(β (z₀ − r)))   for an undesirable one
+
+    as TRL 1.16's KTOTrainer(loss_type="kto") computes it. Logged per example as a comparison with the reference point:
+    the preferred side is the answer when it is desirable and z₀ when it is not, so `rewards/accuracies` is the share
+    of answers on the right side of z₀ and `rewards/margins` their mean signed distance β·(r − z₀) or β·(z₀ − r)."""
+    ratio = policy.chosen - reference.chosen  # (B,)
+    kl = (policy.rejected - reference.rejected).detach().mean().clamp(min=0)
+    desirable = labels.bool()
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio))))
+    answer, point = beta * ratio.detach(), (beta * kl).expand_as(ratio)
+    return LossOutput(losses, torch.where(desirable, answer, point), torch.where(desirable, point, answer),
+                      extras={"kl": kl.expand_as(ratio), "desirable": desirable.to(ratio.dtype)})
+
+
 def sft_term(policy, reference=None, *, beta) -> LossOutput:
     """The chosen answer's per-token NLL, −ℓ(y_w) (the SFT term of RPO, Pang et al. 2024, and of ORPO's eq. 2); it
     defines no rewards, so it only ever joins a combination."""
@@ -175,6 +198,7 @@ class LossSpec:
     reference_free: bool = False
     rewards: bool = True  # False: the term defines no rewards (sft)
     extras: tuple[str, ...] = ()  # per-pair metrics it adds under these names
+    needs_labels: bool = False  # trains on unpaired thumbs-up/down feedback (data/feedback.py), not on pairs
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -194,6 +218,9 @@ LOSSES: dict[str, LossSpec] = {
     "orpo": LossSpec(orpo_loss, settings=("orpo_lambda",), reference_free=True,
                      extras=("log_odds_ratio", "log_odds_chosen"),
                      summary="ORPO: chosen NLL + λ × odds-ratio term, no reference, no SFT stage"),
+    "kto": LossSpec(kto_loss, needs_labels=True, settings=("desirable_weight", "undesirable_weight"),
+                    extras=("kl", "desirable"),
+                    summary="KTO on unpaired thumbs-up/down feedback (or pairs split in two)"),
     "sft": LossSpec(sft_term, reference_free=True, rewards=False,
                     summary="the chosen answer's per-token NLL (only in a combination, e.g. sigmoid,sft)"),
 }
@@ -223,9 +250,17 @@ def loss_terms(loss: str, weights: str | None = None) -> tuple[tuple[str, float]
             raise ValueError(f"loss_weights {weights!r}: every weight must be a number") from None
         if not all(math.isfinite(w) and w > 0 for w in values):
             raise ValueError(f"loss_weights {weights!r}: every weight must be a positive finite number")
+    if len(names) > 1 and any(LOSSES[n].needs_labels for n in names):
+        raise ValueError(f"{loss!r} mixes data shapes: kto learns from unpaired feedback, the other losses from pairs; "
+                         "use kto alone")
     if not any(LOSSES[n].rewards for n in names):
         raise ValueError(f"{loss!r} has no preference term; combine sft with one (e.g. sigmoid,sft), or use dpokit sft")
     return tuple(zip(names, values))
+
+
+def is_feedback_loss(loss: str) -> bool:
+    """Whether ``loss`` trains on unpaired feedback (kto) rather than on pairs."""
+    return any(LOSSES[n.strip()].needs_labels for n in loss.split(",") if n.strip() in LOSSES)
 
 
 def needs_reference(loss: str) -> bool:

@@ -24,6 +24,7 @@ class PreferencePair:
     rejected: str
     origin: str
     margin: float | None = None  # optional preference strength, used by `odpo`
+    label: bool | None = None  # KTO feedback: `chosen` is the answer (True = desirable), `rejected` a mismatched one
 
     @property
     def is_conversational(self) -> bool:
@@ -40,6 +41,7 @@ class TokenizedPair:
     origin: str
     margin: float | None = None
     truncated: bool = False
+    label: bool | None = None  # KTO feedback (see PreferencePair)
 
 
 @dataclass
@@ -65,12 +67,14 @@ class PreferenceBatch:
     origins: list[str]
     position_ids: torch.Tensor | None = None  # (rows, T), shared layout only
     loss_mask: torch.Tensor | None = None  # (2B, T) bool, padded layout only
+    labels: torch.Tensor | None = None  # (B,) bool, KTO feedback only
 
     def to(self, device) -> "PreferenceBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PreferenceBatch(move(self.input_ids), move(self.attention_mask), move(self.sources),
                                move(self.targets), move(self.owners), self.num_pairs, self.num_tokens,
-                               move(self.margins), self.origins, move(self.position_ids), move(self.loss_mask))
+                               move(self.margins), self.origins, move(self.position_ids), move(self.loss_mask),
+                               move(self.labels))
 
 
 @dataclass

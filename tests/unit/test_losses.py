@@ -189,3 +189,47 @@ def test_settings_for_losses_not_named_are_refused():
         DPOConfig(loss="sigmoid,sft", sft_weight=0.5)
     from_yaml = build_config(DPOConfig, {"loss": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]})
     assert (from_yaml.loss, from_yaml.loss_weights) == ("sigmoid,sft", "1.0,0.5")
+
+
+def test_kto_hand_values():
+    """Two examples, β = 0.5, λ_D = 1, λ_U = 2; labels desirable, undesirable.
+    answers: policy (−2, −5), reference (−3, −4) → r = (1, −1).
+    mismatched answers: policy (−4, −3), reference (−5, −3.5) → (1, 0.5), so z₀ = max(0, 0.75) = 0.75.
+    desirable:   1 · (1 − σ(0.5 · (1 − 0.75)))    = 1 − σ(0.125) = 0.4687906
+    undesirable: 2 · (1 − σ(0.5 · (0.75 − (−1)))) = 2 · (1 − σ(0.875)) = 0.5884299
+    Each is compared with the reference point: rewards (β r, β z₀) = (0.5, 0.375) for the desirable one and
+    (β z₀, β r) = (0.375, −0.5) for the undesirable one, so both are on the right side of z₀."""
+    policy = PairLogps(torch.tensor([-2.0, -5.0]), torch.tensor([-4.0, -3.0]), torch.tensor([3, 3]),
+                       torch.tensor([3, 3]))
+    reference = PairLogps(torch.tensor([-3.0, -4.0]), torch.tensor([-5.0, -3.5]), torch.tensor([3, 3]),
+                          torch.tensor([3, 3]))
+    out = LOSSES["kto"].fn(policy, reference, beta=0.5, labels=torch.tensor([True, False]), desirable_weight=1.0,
+                           undesirable_weight=2.0)
+    assert out.losses.tolist() == pytest.approx([0.4687906, 0.5884299], abs=1e-6)
+    assert out.chosen_rewards.tolist() == pytest.approx([0.5, 0.375])
+    assert out.rejected_rewards.tolist() == pytest.approx([0.375, -0.5])
+    assert out.extras["kl"].tolist() == pytest.approx([0.75, 0.75])
+
+
+def test_kto_reference_point_is_clamped_at_zero_and_carries_no_gradient():
+    """Mismatched answers more likely under the reference (mean −1) → z₀ = 0: loss 1 − σ(β r) with r = 1, β = 0.5
+    = 1 − σ(0.5) = 0.3775407."""
+    chosen = torch.tensor([-2.0], requires_grad=True)
+    mismatched = torch.tensor([-6.0], requires_grad=True)
+    policy = PairLogps(chosen, mismatched, torch.tensor([3]), torch.tensor([3]))
+    reference = PairLogps(torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([3]), torch.tensor([3]))
+    out = LOSSES["kto"].fn(policy, reference, beta=0.5, labels=torch.tensor([True]))
+    assert out.losses.item() == pytest.approx(0.3775407, abs=1e-6) and out.extras["kl"].item() == 0.0
+    out.losses.sum().backward()
+    assert mismatched.grad is None or mismatched.grad.abs().sum() == 0
+    assert chosen.grad.abs().sum() > 0
+
+
+def test_kto_combines_with_no_pair_loss():
+    from dpokit.config import DPOConfig
+    from dpokit.errors import UserError
+
+    with pytest.raises(UserError, match="mixes data shapes"):
+        DPOConfig(loss="kto,sigmoid")
+    with pytest.raises(UserError, match="desirable_weight: only the kto loss uses it"):
+        DPOConfig(loss="sigmoid", desirable_weight=2.0)

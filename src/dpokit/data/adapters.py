@@ -9,6 +9,7 @@ Shapes (the names appear in errors and reports):
   openai          {"input": {"messages": [...]}, "preferred_output": [msg], "non_preferred_output": [msg]}
   ranked          {"prompt": ..., "responses": [...], "scores" | "ranks": [...]} or UltraFeedback's "completions":
                   N answers in an order of preference, made into pairs by ``lists.list_pairs``
+  unpaired        {"prompt": ..., "completion": ..., "label": up/down}: KTO feedback (``feedback.load_feedback``)
 Optional system (standard, conversational, openai): a system message put before the prompt; a text prompt
 then becomes a conversation [system, user].
 Optional margin: "margin", or "score_chosen" - "score_rejected" (top level or inside "metadata").
@@ -23,7 +24,7 @@ from typing import Any
 from dpokit.errors import DataError
 from dpokit.types import PreferencePair
 
-SHAPES = ("standard", "conversational", "hh_rlhf", "sharegpt", "openai", "ranked")
+SHAPES = ("standard", "conversational", "hh_rlhf", "sharegpt", "openai", "ranked", "unpaired")
 LIST_KEYS = ("responses", "completions")
 _NEEDS = {
     "standard": "prompt, chosen, rejected",
@@ -32,6 +33,7 @@ _NEEDS = {
     "sharegpt": "conversations, chosen, rejected",
     "openai": "input, preferred_output, non_preferred_output",
     "ranked": "prompt (or messages, instruction), and responses (with scores or ranks) or completions",
+    "unpaired": "prompt, completion, label (thumbs-up/down, for --loss kto)",
 }
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -52,6 +54,8 @@ def detect_shape(value: dict, origin: str) -> str:
         raise RowError(origin, None, f"expected an object with named fields, got {_type(value)}")
     if any(key in value for key in LIST_KEYS) and "chosen" not in value and "rejected" not in value:
         return "ranked"
+    if "completion" in value and "label" in value:
+        return "unpaired"
     if "input" in value and ("preferred_output" in value or "non_preferred_output" in value):
         return "openai"
     if "conversations" in value:

@@ -6,6 +6,12 @@ import torch
 from ..types import PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
 
 
+def _labels(pairs: list[TokenizedPair]) -> torch.Tensor | None:
+    if all(p.label is not None for p in pairs):
+        return torch.tensor([p.label for p in pairs], dtype=torch.bool)
+    return None
+
+
 def _margins(pairs: list[TokenizedPair]) -> torch.Tensor | None:
     if all(p.margin is not None for p in pairs):
         return torch.tensor([p.margin for p in pairs], dtype=torch.float32)
@@ -43,7 +49,7 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
     targets = loss_mask.reshape(-1).nonzero().squeeze(-1)
     return PreferenceBatch(input_ids, attention_mask, sources=targets - 1, targets=targets, owners=targets // width,
                            num_pairs=len(pairs), num_tokens=_num_tokens(pairs), margins=_margins(pairs),
-                           origins=[p.origin for p in pairs], loss_mask=loss_mask)
+                           origins=[p.origin for p in pairs], loss_mask=loss_mask, labels=_labels(pairs))
 
 
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
@@ -121,7 +127,8 @@ def _pack(rows: list[list[int]], pairs: list[TokenizedPair], pad_id: int) -> Pre
     visible |= torch.eye(width, dtype=torch.bool) & (q == PAD)  # padding sees itself: no all-masked rows
     return PreferenceBatch(input_ids, visible[:, None], sources=torch.tensor(sources), targets=torch.tensor(targets),
                            owners=torch.tensor(owners), num_pairs=b, num_tokens=_num_tokens(pairs),
-                           margins=_margins(pairs), origins=[p.origin for p in pairs], position_ids=position_ids)
+                           margins=_margins(pairs), origins=[p.origin for p in pairs], position_ids=position_ids,
+                           labels=_labels(pairs))
 
 
 COLLATORS = {"padded": collate_pairs, "shared": collate_shared}

@@ -94,8 +94,37 @@ def tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary: dict | 
     return PreparedData(tokenized["train"], tokenized["eval"], summary)
 
 
+def feedback_summary(path: str, report) -> dict:
+    return {"path": path, "shape": report.shape, "rows": report.num_rows, "dropped": report.dropped_counts(),
+            "feedback": {"desirable": report.desirable, "undesirable": len(report.examples) - report.desirable}}
+
+
+def prepare_feedback_data(config, tokenizer) -> PreparedData:
+    """KTO's data: feedback rows (or pairs split in two) → by-prompt split → each with a mismatched answer → ids."""
+    from .feedback import load_feedback, with_mismatched
+
+    train_report = load_feedback(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config))
+    summary = {"data": feedback_summary(config.data, train_report)}
+    eval_examples = None
+    if config.eval_data:
+        eval_report = load_feedback(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid,
+                                    **reading(config))
+        summary["eval_data"] = feedback_summary(config.eval_data, eval_report)
+        eval_examples = eval_report.examples
+    train, held_out = split_pairs(config, train_report.examples, eval_examples)
+    if len(train) < 2:
+        raise UserError(f"{config.data}: kto needs at least 2 training examples (its reference point compares "
+                        "each prompt with another example's answer)")
+    return tokenize_splits(config, tokenizer, with_mismatched(train), with_mismatched(held_out) if held_out else [],
+                           summary)
+
+
 def prepare_preference_data(config, tokenizer) -> PreparedData:
     """The data half of a DPO run: every problem surfaces here, before any model is loaded."""
+    from ..losses import is_feedback_loss
+
+    if is_feedback_loss(config.loss):
+        return prepare_feedback_data(config, tokenizer)
     summary: dict = {}
     train_report = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config))
     summary["data"] = data_summary(config.data, train_report)

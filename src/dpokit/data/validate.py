@@ -23,6 +23,10 @@ KINDS = ("invalid", "shape", "empty_completion", "identical", "duplicate")
 MAX_LISTED = 10
 
 
+class FeedbackRows(DataError):
+    """Unpaired feedback where pairs were expected: a file-level mismatch (the loss, not the row, is wrong)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """Why one row was dropped. ``message`` omits the origin; ``line()`` puts them together."""
@@ -49,9 +53,13 @@ class LoadReport:
     lists: Counter = field(default_factory=Counter)  # ranked rows read, pairs made, pairs dropped by reason
 
     def dropped_counts(self) -> dict[str, int]:
-        """Dropped rows per problem kind, only the kinds that occurred, in ``KINDS`` order."""
-        counts = {kind: sum(p.kind == kind for p in self.problems) for kind in KINDS}
-        return {kind: n for kind, n in counts.items() if n}
+        return count_dropped(self.problems)
+
+
+def count_dropped(problems: list[Problem]) -> dict[str, int]:
+    """Dropped rows per problem kind, only the kinds that occurred, in ``KINDS`` order."""
+    counts = {kind: sum(p.kind == kind for p in problems) for kind in KINDS}
+    return {kind: n for kind, n in counts.items() if n}
 
 
 def load_pairs(path: str | Path, *, skip_invalid: bool = False, columns: ColumnMap | None = None,
@@ -96,6 +104,10 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, columns: ColumnM
 def row_pairs(value, origin: str, policy: str = "best-vs-worst") -> tuple[str, list[PreferencePair], Counter]:
     """(shape, pairs, list drops) of one (already mapped) row: one pair, or the pairs ``policy`` makes of a list."""
     shape = detect_shape(value, origin)
+    if shape == "unpaired":
+        raise FeedbackRows(f"{origin}: row shape 'unpaired' (prompt, completion, label: thumbs-up/down feedback) fits "
+                           "--loss kto; the pair losses need chosen and rejected answers (shapes standard, "
+                           "conversational, hh_rlhf, sharegpt, openai or ranked)")
     if shape != "ranked":
         return shape, [to_pair(value, shape, origin)], Counter()
     made = list_pairs(value, origin, policy)

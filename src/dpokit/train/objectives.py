@@ -15,7 +15,7 @@ from ..types import LossOutput, PreferenceBatch, SequenceBatch, TokenizedExample
 from .metrics import METRIC_KEYS, pair_metrics
 
 
-def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, margins, config) -> LossOutput:
+def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, margins, config, labels=None) -> LossOutput:
     """Σ w_k · loss_k over the terms of ``config.loss`` (one, or several by --loss-weights), per pair; rewards and
     extras from the first term that defines rewards. Each loss gets only the settings its LossSpec names."""
     total, shown, extras = None, None, {}
@@ -24,6 +24,8 @@ def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, margins,
         settings = {key: getattr(config, key) for key in spec.settings}
         if spec.needs_margins:
             settings["margins"] = margins
+        if spec.needs_labels:
+            settings["labels"] = labels
         out = spec.fn(policy, None if spec.reference_free else reference_logps, beta=config.beta, **settings)
         total = weight * out.losses if total is None else total + weight * out.losses
         shown = out if shown is None and spec.rewards else shown
@@ -38,7 +40,7 @@ def objective(policy_model, reference_logps: PairLogps | None, batch: Preference
     `reference_logps` is None for reference-free losses.
     """
     policy = PairLogps(*policy_model(batch))
-    out = combined_loss(policy, reference_logps, batch.margins, config)
+    out = combined_loss(policy, reference_logps, batch.margins, config, batch.labels)
     losses = out.losses
     if config.sft_weight:
         losses = losses + config.sft_weight * chosen_nll(policy)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses import needs_reference
+from ..losses import is_feedback_loss, needs_reference
 
 
 def _mean(values: list[float]) -> float | None:
@@ -77,7 +77,8 @@ class OverfitWatch:
     def for_run(cls, config, resumed: dict) -> "OverfitWatch":
         """The watch of one run; after --resume, --early-stop's best so far comes back from the checkpoint."""
         # The chosen-drop check reads rewards as β·(log π − log π_ref): only losses with a reference have such rewards.
-        beta = getattr(config, "beta", None) if needs_reference(getattr(config, "loss", "")) else None
+        loss = getattr(config, "loss", "")
+        beta = getattr(config, "beta", None) if needs_reference(loss) and not is_feedback_loss(loss) else None
         watch = cls(patience=config.patience, beta=beta,
                     chosen_drop=getattr(config, "warn_chosen_drop", 5.0))
         if resumed.get("best_eval_loss") is not None:
