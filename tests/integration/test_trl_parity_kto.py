@@ -25,8 +25,7 @@ from dpokit.losses import PairLogps  # noqa: E402
 from dpokit.reference import LiveReference  # noqa: E402
 from dpokit.train.objectives import objective  # noqa: E402
 from dpokit.types import TokenizedPair  # noqa: E402
-from test_trl_parity import NOISE, one_thread, rel_err  # noqa: E402, F401  (one_thread: a fixture)
-from tiny import make_model  # noqa: E402
+from test_trl_parity import models, one_thread, rel_err  # noqa: E402, F401  (models, one_thread: fixtures)
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
 RTOL = 1e-5
@@ -48,17 +47,6 @@ def make_trainer(policy, reference, tokenizer, beta, weights, output_dir):
                       train_dataset=Dataset.from_dict(rows), processing_class=tokenizer)
 
 
-@pytest.fixture(scope="module")
-def models(tiny_tokenizer):
-    base = make_model(len(tiny_tokenizer), seed=0)
-    other = copy.deepcopy(base)
-    noise = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn(p.shape, generator=noise) * NOISE)
-    return tiny_tokenizer, base, other
-
-
 def dpokit_batch(trainer, config):
     ds = trainer.train_dataset
     pairs = [TokenizedPair(tuple(ds[i]["prompt_ids"]), tuple(ds[i]["completion_ids"]), tuple(ds[i]["KL_completion_ids"]),
@@ -71,7 +59,7 @@ def dpokit_batch(trainer, config):
 
 @pytest.mark.parametrize("beta,weights", [(0.1, (1.0, 1.0)), (0.5, (1.3, 0.7))])
 def test_kto_loss_gradients_and_reference_point_match_trl(models, tmp_path, beta, weights):
-    tokenizer, first, second = models
+    tokenizer, first, second = models.tokenizer, models.reference, models.policy
     config = DPOConfig(loss="kto", beta=beta, desirable_weight=weights[0], undesirable_weight=weights[1])
     orders = []
     for policy, reference in ((second, first), (first, second)):

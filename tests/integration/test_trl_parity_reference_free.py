@@ -15,7 +15,6 @@ become dpokit ``TokenizedPair``s, as in the DPO parity test.
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,22 +29,10 @@ from dpokit.logprobs import PairLogpsModule  # noqa: E402
 from dpokit.losses import PairLogps, chosen_nll  # noqa: E402
 from dpokit.train.objectives import objective  # noqa: E402
 from dpokit.types import TokenizedPair  # noqa: E402
-from test_trl_parity import NOISE, PAIRS, one_thread, rel_err  # noqa: E402, F401  (one_thread: a fixture)
-from tiny import make_model  # noqa: E402
+from test_trl_parity import PAIRS, models, one_thread, rel_err  # noqa: E402, F401  (models, one_thread: fixtures)
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
 RTOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def models(tiny_tokenizer):
-    reference = make_model(len(tiny_tokenizer), seed=0)
-    policy = copy.deepcopy(reference)
-    noise = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(torch.randn(p.shape, generator=noise) * NOISE)
-    return SimpleNamespace(tokenizer=tiny_tokenizer, policy=policy)
 
 
 def trainer_for(kind: str, models, output_dir, **settings):

@@ -63,3 +63,13 @@ def test_feedback_given_to_a_pair_loss_is_one_file_level_error(tmp_path):
     with pytest.raises(FeedbackRows, match="row shape 'unpaired' .* fits --loss kto"):
         load_pairs(path, skip_invalid=True)
     assert with_mismatched([]) == [] and isinstance(PreferencePair("p", "a", "b", "o", None, True).label, bool)
+
+
+def test_sft_refuses_thumbs_rows_but_keeps_a_category_label(tmp_path):
+    from dpokit.data.sft import load_sft_examples
+
+    thumbs = write(tmp_path, [{"prompt": "p", "completion": "a", "label": "down"}])
+    with pytest.raises(DataError, match="thumbs-up/down rows .* train with `dpokit dpo --loss kto`"):
+        load_sft_examples(thumbs)
+    category = write(tmp_path, [{"prompt": "p", "completion": "a", "label": "math"}], "sft.jsonl")
+    assert load_sft_examples(category).examples[0].answer == "a"

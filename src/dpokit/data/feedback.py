@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
 from ..types import PreferencePair
 from .adapters import RowError, _describe, _message_list, _messages, _single_assistant, _text, _with_system
 from .columns import ColumnMap
 from .io import read_records
-from .validate import Problem, count_dropped, row_pairs
+from .validate import Problem, count_dropped, row_pairs, stop_on_problems
 
 _TRUE = {"true", "1", "up", "yes", "good", "thumbs_up", "👍"}
 _FALSE = {"false", "0", "down", "no", "bad", "thumbs_down", "👎"}
@@ -50,6 +49,15 @@ class FeedbackReport:
     @property
     def desirable(self) -> int:
         return sum(e.desirable for e in self.examples)
+
+
+def is_feedback_label(raw) -> bool:
+    """Whether ``raw`` reads as thumbs-up/down (a category label such as "math" does not)."""
+    try:
+        label_of(raw, "")
+    except RowError:
+        return False
+    return True
 
 
 def label_of(raw, origin: str) -> bool:
@@ -106,11 +114,7 @@ def load_feedback(path: str | Path, *, skip_invalid: bool = False, columns: Colu
             else:
                 report.problems.append(Problem(example.origin, "completion", "the completion is empty",
                                                "empty_completion"))
-    if report.problems and not skip_invalid:
-        more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
-        raise DataError(f"{report.problems[0].line()}{more} (pass --skip-invalid to drop such rows)")
-    if not report.examples:
-        raise DataError(f"{path}: no usable feedback rows in {report.num_rows} rows")
+    stop_on_problems(path, report.problems, report.examples, report.num_rows, "feedback rows", skip_invalid)
     return report
 
 

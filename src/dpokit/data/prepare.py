@@ -99,19 +99,23 @@ def feedback_summary(path: str, report) -> dict:
             "feedback": {"desirable": report.desirable, "undesirable": len(report.examples) - report.desirable}}
 
 
+def load_both(config, load, describe) -> tuple:
+    """(train report, held-out report or None, summary) of --data and --eval-data, read the run's way."""
+    train = load(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config))
+    summary = {"data": describe(config.data, train)}
+    held = None
+    if config.eval_data:
+        held = load(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid, **reading(config))
+        summary["eval_data"] = describe(config.eval_data, held)
+    return train, held, summary
+
+
 def prepare_feedback_data(config, tokenizer) -> PreparedData:
     """KTO's data: feedback rows (or pairs split in two) → by-prompt split → each with a mismatched answer → ids."""
     from .feedback import load_feedback, with_mismatched
 
-    train_report = load_feedback(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config))
-    summary = {"data": feedback_summary(config.data, train_report)}
-    eval_examples = None
-    if config.eval_data:
-        eval_report = load_feedback(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid,
-                                    **reading(config))
-        summary["eval_data"] = feedback_summary(config.eval_data, eval_report)
-        eval_examples = eval_report.examples
-    train, held_out = split_pairs(config, train_report.examples, eval_examples)
+    train_report, eval_report, summary = load_both(config, load_feedback, feedback_summary)
+    train, held_out = split_pairs(config, train_report.examples, eval_report.examples if eval_report else None)
     if len(train) < 2:
         raise UserError(f"{config.data}: kto needs at least 2 training examples (its reference point compares "
                         "each prompt with another example's answer)")
@@ -125,14 +129,6 @@ def prepare_preference_data(config, tokenizer) -> PreparedData:
 
     if is_feedback_loss(config.loss):
         return prepare_feedback_data(config, tokenizer)
-    summary: dict = {}
-    train_report = load_pairs(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config))
-    summary["data"] = data_summary(config.data, train_report)
-    eval_pairs = None
-    if config.eval_data:
-        eval_report = load_pairs(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid,
-                                 **reading(config))
-        summary["eval_data"] = data_summary(config.eval_data, eval_report)
-        eval_pairs = eval_report.pairs
-    train_pairs, eval_pairs = split_pairs(config, train_report.pairs, eval_pairs)
+    train_report, eval_report, summary = load_both(config, load_pairs, data_summary)
+    train_pairs, eval_pairs = split_pairs(config, train_report.pairs, eval_report.pairs if eval_report else None)
     return tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary)

@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
 from ..types import PreferencePair, SFTExample
 from .adapters import RowError, _messages, _sharegpt_turn, _text, _type, detect_shape, to_pair
 from .columns import ColumnMap
+from .feedback import is_feedback_label
 from .io import read_records
 from .lists import best_answer
-from .validate import Problem, _shape_problem, load_pairs
+from .validate import Problem, _shape_problem, load_pairs, stop_on_problems
 
 
 @dataclass
@@ -47,6 +47,9 @@ def sft_shape(value, origin: str) -> str:
         raise RowError(origin, None, f"expected an object with named fields, got {_type(value)}")
     if "instruction" in value and "output" in value:
         return "alpaca"
+    if "completion" in value and "label" in value and is_feedback_label(value["label"]):
+        raise RowError(origin, "label", "thumbs-up/down rows (shape 'unpaired') train with `dpokit dpo --loss kto`; "
+                                        "SFT on them would also learn the thumbs-down answers (keep the thumbs-up rows)")
     if "completion" in value:
         return "prompt_completion"
     if "chosen" not in value and "rejected" not in value:
@@ -120,11 +123,7 @@ def load_sft_examples(path: str | Path, *, skip_invalid: bool = False,
             report.problems.append(Problem(record.origin, None, "the answer is empty", "empty_completion"))
         else:
             report.examples.append(example)
-    if report.problems and not skip_invalid:
-        more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
-        raise DataError(f"{report.problems[0].line()}{more} (pass --skip-invalid to drop such rows)")
-    if not report.examples:
-        raise DataError(f"{path}: no usable examples in {report.num_rows} rows")
+    stop_on_problems(path, report.problems, report.examples, report.num_rows, "examples", skip_invalid)
     return report
 
 

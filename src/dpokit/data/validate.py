@@ -56,6 +56,16 @@ class LoadReport:
         return count_dropped(self.problems)
 
 
+def stop_on_problems(path, problems: list[Problem], kept: list, num_rows: int, what: str, skip_invalid: bool) -> None:
+    """The rule of every loader but the pair one: the first problem stops the load (unless ``skip_invalid``), and a
+    file with nothing ``kept`` is refused."""
+    if problems and not skip_invalid:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0].line()}{more} (pass --skip-invalid to drop such rows)")
+    if not kept:
+        raise DataError(f"{path}: no usable {what} in {num_rows} rows")
+
+
 def count_dropped(problems: list[Problem]) -> dict[str, int]:
     """Dropped rows per problem kind, only the kinds that occurred, in ``KINDS`` order."""
     counts = {kind: sum(p.kind == kind for p in problems) for kind in KINDS}

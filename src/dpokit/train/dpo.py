@@ -120,7 +120,8 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"dpokit dpo: {s['steps']} steps on {s['pairs']['train']} pairs in {s['wall_seconds']:.0f} s "
+    unit = "feedback examples" if s["data"].get("feedback") else "pairs"
+    lines = [f"dpokit dpo: {s['steps']} steps on {s['pairs']['train']} {unit} in {s['wall_seconds']:.0f} s "
              f"({s['tokens_per_s']:.0f} tokens/s training, peak RSS {s['peak_rss_mb']:.0f} MB)"]
     dropped = {k: v for k, v in s["data"]["dropped"].items() if v}
     if dropped:
@@ -134,7 +135,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"  tokenization: {trunc}")
     start, end = s.get("eval_start") or {}, s.get("eval_end") or {}
     if end:
-        lines.append(f"  held-out ({s['pairs']['eval']} pairs)      start     end")
+        lines.append(f"  held-out ({s['pairs']['eval']} {unit})      start     end")
         for key, label in (("eval/loss", f"loss ({s.get('loss', 'sigmoid')})"), ("eval/rewards/accuracies", "reward accuracy"),
                            ("eval/rewards/margins", "reward margin")):
             lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}")
