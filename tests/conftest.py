@@ -14,6 +14,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny import make_model_dir, make_tokenizer  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--measured", action="store_true",
+                     help="also run the tests that compare against this machine's own measurements (peak RSS)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Machine-dependent measurements are a tier of their own: skipped unless --measured, with the reason shown."""
+    if config.getoption("--measured"):
+        return
+    skip = pytest.mark.skip(reason="machine-dependent measurement: run with --measured")
+    for item in items:
+        if "measured" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tokenizer()

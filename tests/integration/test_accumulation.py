@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 
 from dpokit.cli import main
 
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -38,6 +38,7 @@ def read_metrics(run: Path):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_thirty_steps_loss_falls_accuracy_rises_and_final_model_generates(tiny_model_dir, pairs_file, tmp_path):
     run = tmp_path / "run"
     result = dpokit("dpo", "--model", tiny_model_dir, "--data", pairs_file, "--eval-data", pairs_file,
@@ -71,6 +72,7 @@ def test_thirty_steps_loss_falls_accuracy_rises_and_final_model_generates(tiny_m
     assert saved["max_steps"] == 30 and saved["learning_rate"] == 1e-3
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, pairs_file, tmp_path):
     common = ["--model", tiny_model_dir, "--data", pairs_file, "--max-steps", 6, "--batch-size", 4,
               "--learning-rate", 1e-3, "--eval-fraction", 0.25, "--max-length", 128, "--max-prompt-length", 64]
@@ -170,6 +172,7 @@ def test_validate_command_reports_shape_and_counts(tmp_path):
     assert result.returncode == 1
 
 
+@pytest.mark.slow
 def test_attention_flag_reaches_the_model_and_gives_the_same_run(tiny_model_dir, pairs_file, tmp_path):
     from dpokit.models import load_model
 

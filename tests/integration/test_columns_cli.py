@@ -78,6 +78,7 @@ def test_validate_shows_the_mapped_row_and_list_counts(tmp_path, capsys):
     assert "first pair:  rows.jsonl:1 (responses[1] over responses[0])" in out
 
 
+@pytest.mark.slow
 def test_ranked_list_from_yaml_trains_and_eval_rows_name_the_answers(tiny_model_dir, tmp_path):
     """A YAML `columns:` mapping and `pairs:` policy: 2 steps of DPO, then `dpokit eval --split heldout` reads the data
     the way the run did and its per-pair rows name the two answers each pair came from."""

@@ -1,13 +1,14 @@
 """Several processes (DDP over gloo on CPU, through accelerate) train exactly like one process."""
 import json
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from launch import common, final_weights as weights, kill_all_after_step, launch, losses, write_pairs
+
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,7 @@ def test_user_error_in_two_processes_stops_both_without_hanging(tiny_model_dir, 
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("precious")
-    started = time.time()
+    # A rank that waited forever at a barrier would run into launch()'s subprocess timeout and fail the test.
     result = run(common(tiny_model_dir, data, used) + ["--nproc", 2], tmp_path / "c")
     assert result.returncode != 0 and "in use" in result.stderr
-    assert time.time() - started < 120  # every rank stops; none waits forever at a barrier
     assert (used / "keep.txt").read_text() == "precious"

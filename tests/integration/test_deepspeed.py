@@ -13,6 +13,8 @@ pytest.importorskip("deepspeed")
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -23,6 +23,8 @@ STEPS = 8
 KILL_STEP = random.Random("dpokit-kill-resume").randint(3, 6)  # seeded, so a failure reproduces
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: tiny models run fastest, and CPU math is reproducible
 
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
+
 
 def command(model_dir: Path, data: Path, output: Path) -> list[str]:
     return [sys.executable, "-m", "dpokit", "dpo", "--model", str(model_dir), "--data", str(data),

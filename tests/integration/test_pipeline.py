@@ -43,6 +43,7 @@ def test_preferred_ft_reads_the_dpo_file_through_the_dpo_mapping(tmp_path):
     assert load_recipe(str(recipe_file)).sft.columns is None  # its own file: no mapping borrowed
 
 
+@pytest.mark.slow
 def test_pipeline_dpo_reference_is_the_sft_model(tiny_model_dir, pairs_file, tmp_path):  # noqa: F811
     stage = {"max_steps": 3, "batch_size": 4, "max_length": 192, "max_prompt_length": 96, "eval_fraction": 0.25}
     recipe = tmp_path / "recipe.yaml"
@@ -72,6 +73,7 @@ def test_pipeline_dpo_reference_is_the_sft_model(tiny_model_dir, pairs_file, tmp
     assert refused.returncode == 2 and "in use" in refused.stderr
 
 
+@pytest.mark.slow
 def test_tiny_cpu_recipe_runs_end_to_end_on_the_embedded_smollm2(tmp_path):
     """The shipped smoke recipe on the real embedded model (GGUF → safetensors once, then SFT → DPO)."""
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu.yaml"

@@ -18,6 +18,8 @@ from tiny import make_tokenizer
 TOLERANCE = 0.15
 BATCH, MAX_LENGTH, PROMPT = 4, 512, 128
 
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
+
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
@@ -58,6 +60,7 @@ RUNS = {"plain": ([], {}), "checkpointing": (["--gradient-checkpointing"], {"gra
 
 
 @pytest.mark.parametrize("run_kind", list(RUNS))
+@pytest.mark.measured
 def test_cpu_estimate_within_tolerance_of_measured_peak_rss(small_model, long_pairs, tmp_path, run_kind):
     from dpokit.plan import PlanSettings, make_plan, model_shape
 

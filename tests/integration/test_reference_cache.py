@@ -58,7 +58,9 @@ def test_cached_run_equals_live_run_and_second_run_reuses_cache(tiny_model_dir, 
     caches = list((tmp_path / "cache" / "reference").glob("*.safetensors"))
     assert len(caches) == 1
     read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    for a, b in zip(read(tmp_path / "live"), read(tmp_path / "cached")):
+    live, cached = read(tmp_path / "live"), read(tmp_path / "cached")
+    assert [m["step"] for m in live] == [m["step"] for m in cached] and len(live) > 2
+    for a, b in zip(live, cached, strict=True):
         for key in ("loss", "eval/loss", "rewards/margins"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)

@@ -38,6 +38,7 @@ def test_reference_free_run_has_no_reference(tiny_model_dir, pairs_file, tmp_pat
     assert f"loss ({loss})" in result.stdout and "reference-free loss" in result.stdout
 
 
+@pytest.mark.slow
 def test_sigmoid_with_a_weighted_sft_term_runs_and_differs_from_plain_sigmoid(tiny_model_dir, pairs_file,  # noqa: F811
                                                                               tmp_path):
     losses = {}

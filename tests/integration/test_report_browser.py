@@ -13,6 +13,8 @@ from test_cli_dpo import dpokit, pairs_file, read_metrics  # noqa: F401  (pairs_
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
+
 
 @pytest.fixture(scope="module")
 def early_run(tiny_model_dir, pairs_file, tmp_path_factory):  # noqa: F811

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "sentiment" / "run.py"
 DATA = ROOT.parent / "shared" / "data" / "aclImdb"
 
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
+
 
 @pytest.mark.skipif(not (DATA / "train.jsonl.gz").is_file(), reason="needs /work/shared/data/aclImdb")
 def test_sentiment_tiny_run_writes_consistent_results(tiny_model_dir, tmp_path):

@@ -18,6 +18,8 @@ from tiny import SHARED_DATA
 
 ALPACA = SHARED_DATA / "llamafactory-demo" / "alpaca_en_demo.json.gz"
 
+pytestmark = pytest.mark.slow  # several processes or long runs: not in the fast tier
+
 
 @pytest.mark.skipif(not ALPACA.is_file(), reason="shared data not present")
 def test_sft_on_alpaca_demo_loss_falls(tiny_model_dir, tmp_path):

@@ -91,9 +91,19 @@ def test_memory_check_stops_with_settings_that_fit(tiny_model_dir, monkeypatch):
     check_fits(est, device="cpu", micro_batch_pairs=4, max_length=128)  # fits: no error
 
 
-def test_memory_estimate_scales_with_batch_and_length():
-    e = MemoryEstimate(weights=1, gradients=1, optimizer=2, reference=1, activations=10, runtime=0)
-    assert e.total == 15
+def test_memory_estimate_scales_with_batch_and_length(tiny_model_dir):
+    from dpokit import memory
+
+    def estimate(pairs=1, length=64, live=False):
+        return memory.estimate(tiny_model_dir, dtype="float32", micro_batch_pairs=pairs, max_length=length,
+                               separate_reference=live)
+
+    one = estimate()
+    assert estimate(pairs=2).activations == 2 * one.activations > 0  # activations grow with the batch ...
+    assert estimate(length=128).activations == 2 * one.activations  # ... and with the length, linearly
+    assert estimate(pairs=2).weights == one.weights and one.reference == 0
+    assert estimate(live=True).reference == one.weights  # a live reference is a second copy of the weights
+    assert one.total == sum((one.weights, one.gradients, one.optimizer, one.reference, one.activations, one.runtime))
 
 
 def test_run_writes_a_report_png_with_content(tiny_model_dir, pairs_file, tmp_path):

@@ -360,7 +360,9 @@ def test_repeated_keys_are_named(tmp_path, capsys, row, at, suffix, value):
 
 def test_examples_ran():
     """Runs after the properties above: each that ran tried the examples it asked for (none were all
-    filtered away). 630 in all when the whole file runs."""
+    filtered away). 630 in all when the whole file runs; alone it has nothing to count, and says so."""
+    if not EXAMPLES:
+        pytest.skip("counts the examples of the property tests above: run it with them")
     assert all(n >= 40 for n in EXAMPLES.values()), dict(EXAMPLES)
 
 

@@ -75,7 +75,10 @@ def test_truncation_cuts_prompt_start_then_sequence_end(tiny_tokenizer):
     assert len(t.input_ids) == 40 and t.truncated
     assert t.trained.index(True) == 10  # the prompt kept its last 10 tokens
     too_long = tokenize(tok, SFTExample("word " * 50, (("a", True),), "x:4"), max_length=20, max_prompt_length=19)
-    assert isinstance(too_long, str) or any(too_long.trained)
+    # the prompt keeps its last 19 tokens and the answer its first token ("a"); its EOS is cut
+    assert not isinstance(too_long, str) and too_long.truncated
+    assert too_long.trained == (False,) * 19 + (True,)
+    assert too_long.input_ids[-1] == tok("a").input_ids[0]
 
 
 def test_packed_rows_give_the_same_logps_as_padded_rows(tiny_tokenizer):
