@@ -10,6 +10,12 @@ import sys
 from .offline import enforce_offline
 
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+EXIT_CODES = """exit codes, the same for every command:
+  0    done
+  1    validate: the file loads, but some rows have problems (listed)
+  2    a problem you can fix: a bad flag or config key, bad input (file, line and field named), a folder in use
+  3    a NaN/inf loss or gradient stopped training (the last checkpoint is kept)
+  130  interrupted (Ctrl-C)"""
 
 
 def launch_processes(nproc: int, argv: list[str]) -> int:
@@ -183,7 +189,7 @@ def add_eval_parsers(sub) -> None:
     ev.add_argument("--split", default="all", choices=("all", "heldout", "train"), help="heldout / train: the run's "
                     "by-prompt split, reproduced from its config.yaml (--model must be a run folder)")
     ev.add_argument("--beta", type=float, default=None, help="β of the implicit reward (default: the run's, else 0.1)")
-    ev.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT or RUN/eval-generate for a "
+    ev.add_argument("--output", "--out", dest="out", default=None, help="output folder (default RUN/eval-SPLIT or RUN/eval-generate for a "
                     "run, else eval-SPLIT-MODELNAME); never overwritten without --overwrite")
     ev.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ev.add_argument("--max-length", type=int, default=None, help="as in dpo (default: the run's, else 512)")
@@ -215,7 +221,7 @@ def add_eval_parsers(sub) -> None:
     score.add_argument("--candidates-jsonl", default=None, help="rows {prompt, candidates: [...]} (prompt may be "
                        "chat messages)")
     score.add_argument("--beta", type=float, default=None, help="β (default: the run's, else 0.1)")
-    score.add_argument("--out", default="scores.jsonl", help="JSONL of ranked candidates (default scores.jsonl)")
+    score.add_argument("--output", "--out", dest="out", default="scores.jsonl", help="JSONL of ranked candidates (default scores.jsonl)")
     score.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     score.add_argument("--max-length", type=int, default=512)
     score.add_argument("--max-prompt-length", type=int, default=256)
@@ -228,7 +234,8 @@ def add_eval_parsers(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .config import DPOConfig, add_arguments
 
-    parser = argparse.ArgumentParser(prog="dpokit", description="Align a local language model with DPO, offline.")
+    parser = argparse.ArgumentParser(prog="dpokit", description="Align a local language model with DPO, offline.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     dpo = sub.add_parser("dpo", help="train a policy with DPO (or IPO, cDPO, hinge, robust, ODPO) on preference pairs",
                          description="Train with a preference loss. With no arguments: SmolLM2-135M-Instruct on a "
@@ -260,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a preference file and report shape, counts and token lengths")
     validate.add_argument("path", help="data file or save_to_disk folder")
     validate.add_argument("--model", default=None, help="tokenizer for token-length percentiles (default: embedded model)")
-    validate.add_argument("--max-length", type=int, default=512)
-    validate.add_argument("--max-prompt-length", type=int, default=256)
+    validate.add_argument("--max-length", type=int, default=512, help="as in dpo: the truncation counts shown are "
+                          "for this max_length (default 512)")
+    validate.add_argument("--max-prompt-length", type=int, default=256, help="as in dpo (default 256)")
     validate.add_argument("--no-tokens", action="store_true", help="skip token statistics (no tokenizer needed)")
     add_reading_arguments(validate, "the first mapped row and the first pair are printed, to check a mapping")
     validate.set_defaults(func=cmd_validate)
@@ -274,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "`prompt` and `completion`.")
     generate.add_argument("--model", required=True, help="model folder, LoRA adapter folder, run folder or .gguf")
     generate.add_argument("--prompts", required=True, help="prompts file (.jsonl with a `prompt` field, or .txt)")
-    generate.add_argument("--out", required=True, help="output JSONL file (never overwritten without --overwrite)")
+    generate.add_argument("--output", "--out", dest="out", required=True, help="output JSONL file (never overwritten without --overwrite)")
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
     generate.add_argument("--top-p", type=float, default=1.0)
@@ -306,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="A LoRA adapter is exported as an adapter (base path made absolute) or, "
                                         "with --merge, merged into a full model; a full model is re-saved.")
     export.add_argument("source", help="run folder (its final/ is used) or model / adapter folder")
-    export.add_argument("--out", required=True, help="folder to write (written whole: OUT.tmp, then renamed)")
+    export.add_argument("--output", "--out", dest="out", required=True, help="folder to write (written whole: OUT.tmp, then renamed)")
     export.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base model")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     export.set_defaults(func=cmd_export)

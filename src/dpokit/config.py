@@ -42,7 +42,8 @@ class TrainConfig:
     eval_fraction: Optional[float] = opt(None, "share of prompts held out when --eval-data is not given (default 0.1; 0 disables eval)")
     max_eval_pairs: Optional[int] = opt(None, "evaluate on at most this many held-out examples")
     output: str = opt("runs/dpo", "run folder: metrics.jsonl, config.yaml, checkpoints, final/")
-    learning_rate: float = opt(5e-7, "peak learning rate of AdamW")
+    learning_rate: float = opt(5e-7, "peak learning rate of AdamW (default 5e-07; the no-argument run sets its own in "
+                                     "assets/default_run.yaml)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(0, "linear warm-up steps")
     lr_schedule: str = opt("linear", "decay after warm-up", choices=("linear", "cosine", "constant"))
@@ -286,7 +287,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         typ = _field_type(cls, f)
-        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")  # argparse %-formats help
+        help_text = f.metadata["help"]
+        if "default" not in help_text:  # a help that explains its own default says it once
+            help_text += f" (default: {f.default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help
         if typ is bool:
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:

@@ -48,3 +48,30 @@ def test_every_shipped_yaml_loads():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DPOConfig().beta = 0.2
+
+
+def subparsers():
+    from dpokit.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_help_says_each_default_once():
+    for name, sub in subparsers().items():
+        for action in sub._actions:
+            assert (action.help or "").count("(default") <= 1, (name, action.option_strings, action.help)
+
+
+def test_every_output_is_spelled_output_and_the_old_out_still_works():
+    from dpokit.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["export", "run", "--merge", "--output", "d"], ["generate", "--model", "m", "--prompts", "p",
+                                                                 "--output", "d"], ["eval", "--model", "m", "--output", "d"],
+                 ["score", "--model", "m", "--output", "d"], ["export", "run", "--out", "d"]):
+        assert parser.parse_args(argv).out == "d", argv
+    for name, sub in subparsers().items():
+        flags = {s for a in sub._actions for s in a.option_strings}
+        assert "--out" not in flags or "--output" in flags, name

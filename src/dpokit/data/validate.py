@@ -60,7 +60,7 @@ def stop_on_problems(path, problems: list[Problem], kept: list, num_rows: int, w
     """The rule of every loader but the pair one: the first problem stops the load (unless ``skip_invalid``), and a
     file with nothing ``kept`` is refused."""
     if problems and not skip_invalid:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
         raise DataError(f"{problems[0].line()}{more} (pass --skip-invalid to drop such rows)")
     if not kept:
         raise DataError(f"{path}: no usable {what} in {num_rows} rows")
@@ -157,7 +157,8 @@ def _raise_if_unusable(report: LoadReport, skip_invalid: bool) -> None:
             hint = "(pass --skip-invalid to drop this row)"
         else:
             hint = (
-                f"(and {len(problems) - 1} more problems; run `dpokit validate {report.path}` to list them, "
+                f"(and {len(problems) - 1} more {'problem' if len(problems) == 2 else 'problems'}; run "
+                f"`dpokit validate {report.path}` to list them, "
                 "or pass --skip-invalid to drop these rows)"
             )
         raise DataError(f"{problems[0].line()} {hint}")
