@@ -41,7 +41,14 @@ def plot_run(run_dir: Path) -> Path:
     for ax, (key, title) in zip(axes.flat, panels):
         for prefix, style, label in (("", "-", "train"), ("eval/", "o-", "held-out")):
             rows = [r for r in records if prefix + key in r]
-            if rows:
+            if rows and prefix and all(prefix + key + "_ci" in r for r in rows):
+                # held-out evaluations are separate measurements: points with their 95% intervals, not a line
+                values = [r[prefix + key] for r in rows]
+                spread = [[v - r[prefix + key + "_ci"][0] for v, r in zip(values, rows)],
+                          [r[prefix + key + "_ci"][1] - v for v, r in zip(values, rows)]]
+                ax.errorbar([r["step"] for r in rows], values, yerr=spread, fmt="o", ms=4, capsize=3,
+                            label=f"{label} (95% interval)")
+            elif rows:
                 ax.plot([r["step"] for r in rows], [r[prefix + key] for r in rows], style, label=label,
                         lw=1 if not prefix else 1.5, ms=4)
             if key == "logps/chosen":

@@ -109,6 +109,8 @@ def test_ranked_list_from_yaml_trains_and_eval_rows_name_the_answers(tiny_model_
     assert {p["origin"].split(" ", 1)[1] for p in pairs} == {"(responses[0] over responses[1])",
                                                              "(responses[0] over responses[2])"}
     assert all(p["origin"].startswith("ranked.jsonl:") for p in pairs)
+    evaluated = json.loads((run / "eval-heldout" / "summary.json").read_text())
+    assert evaluated["pairs"] == 6 and len(evaluated["rewards/accuracies_ci"]) == 2
 
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside the checkout")

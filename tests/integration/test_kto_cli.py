@@ -35,6 +35,8 @@ def test_kto_trains_on_thumbs_with_a_cached_reference_and_on_pairs(tiny_model_di
         assert (counts["desirable"], counts["undesirable"]) == ((10, 6) if name == "thumbs" else (32, 32))
         train = [m for m in read_metrics(run) if "loss" in m]
         assert len(train) == 2 and {"kl", "desirable"} <= set(train[0])
+        low, high = summary["eval_end"]["eval/rewards/margins_ci"]
+        assert low <= summary["eval_end"]["eval/rewards/margins"] <= high and "chance, 0.5" in summary["verdict"]
 
 
 def test_feedback_given_to_a_pair_loss_is_one_error_line(tiny_model_dir, tmp_path, capsys):

@@ -36,6 +36,10 @@ def test_reference_free_run_has_no_reference(tiny_model_dir, pairs_file, tmp_pat
         assert {"log_odds_ratio", "log_odds_chosen"} <= set(train[0])
         assert "eval/log_odds_ratio" in read_metrics(run)[0]
     assert f"loss ({loss})" in result.stdout and "reference-free loss" in result.stdout
+    end = summary["eval_end"]
+    assert end["eval/pairs"] > 0 and end["eval/rewards/accuracies_ci"][0] <= end["eval/rewards/accuracies"]
+    assert summary["verdict"].startswith("Held-out preference") and "its accuracy at the start" in summary["verdict"]
+    assert summary["verdict"] in result.stdout
 
 
 @pytest.mark.slow

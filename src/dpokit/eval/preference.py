@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..logprobs import batch_logps
 from ..losses import PairLogps, sigmoid_loss
 from ..types import PreferencePair, TokenizedPair
+from .intervals import with_intervals
 from .files import ModelPair, default_out, load_models, prepare_out, resolve_models, write_json, write_jsonl
 
 # ---- which pairs ----------------------------------------------------------------------------------------------------
@@ -92,7 +93,8 @@ def pair_rows(pairs: list[TokenizedPair], policy: PairLogps, reference: PairLogp
 def summarize(rows: list[dict]) -> dict:
     """Means over pairs, under training's metric names."""
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    return {"pairs": len(rows), "rewards/accuracies": mean("correct"), "rewards/margins": mean("margin"),
+    intervals = with_intervals(mean("correct"), [r["margin"] for r in rows], prefix="")
+    return {**intervals, "rewards/accuracies": mean("correct"), "rewards/margins": mean("margin"),
             "rewards/chosen": mean("chosen_reward"), "rewards/rejected": mean("rejected_reward"),
             "delta_logps/chosen": mean("chosen_delta_logps"), "delta_logps/rejected": mean("rejected_delta_logps"),
             "logps/chosen": mean("chosen_logps"), "logps/rejected": mean("rejected_logps"), "loss": mean("loss")}
@@ -105,7 +107,10 @@ def format_summary(s: dict) -> str:
               "rewards/chosen": "reward chosen", "rewards/rejected": "reward rejected",
               "delta_logps/chosen": "Δ log-prob chosen", "delta_logps/rejected": "Δ log-prob rejected",
               "loss": "DPO loss"}
-    lines += [f"  {label:<22}{s[key]:>10.4f}" for key, label in labels.items()]
+    for key, label in labels.items():
+        interval = s.get(key + "_ci")
+        lines.append(f"  {label:<22}{s[key]:>10.4f}" + (f"   95% interval {interval[0]:.4f} – {interval[1]:.4f}"
+                                                         if interval else ""))
     lines.append(f"  (policy = reference gives accuracy 0, margins 0, loss ln 2 = {math.log(2):.4f}; ties count as "
                  "wrong, as in training)")
     if s.get("tokenization"):

@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..losses import LN2, LOSSES, loss_terms, needs_reference
 from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
+from ..eval.intervals import verdict
 from .loop import pairs_reached, train_dpo
 from .setup import finish_run, start_run, summary_tail
 
@@ -113,6 +114,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
         else "live"
     summary = finish_run(run_dir, trained, tokenizer, config, {
         **data.summary, **result, "loss": config.loss, "dtype": dtype, "reference": reference_source,
+        "verdict": verdict(result.get("eval_end") or {}, result.get("eval_start"), reference_free=reference is None),
         "estimated_memory_mb": estimated.total / 2**20}, accelerator, started, trained_state)
     if not quiet:
         print(format_summary(summary))
@@ -136,9 +138,11 @@ def format_summary(s: dict) -> str:
     start, end = s.get("eval_start") or {}, s.get("eval_end") or {}
     if end:
         lines.append(f"  held-out ({s['pairs']['eval']} {unit})      start     end")
-        for key, label in (("eval/loss", f"loss ({s.get('loss', 'sigmoid')})"), ("eval/rewards/accuracies", "reward accuracy"),
-                           ("eval/rewards/margins", "reward margin")):
-            lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}")
+        for key, label in (("eval/loss", f"loss ({s.get('loss', 'sigmoid')})"),
+                           ("eval/rewards/accuracies", "reward accuracy"), ("eval/rewards/margins", "reward margin")):
+            interval = end.get(key + "_ci")
+            shown = f"   95% interval {interval[0]:.4f} – {interval[1]:.4f}" if interval else ""
+            lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}{shown}")
         if s.get("reference") != "none":
             plain = f"loss ln 2 = {LN2:.4f}, " if s.get("loss", "sigmoid") in ("sigmoid", "cdpo", "robust") else ""
             lines.append(f"  (at the start the policy equals the reference: {plain}every margin 0; "
@@ -146,5 +150,7 @@ def format_summary(s: dict) -> str:
         else:
             lines.append("  (reference-free loss: a reward is a scaled per-token mean log-prob of the answer, β·ℓ for "
                          "simpo and λ·ℓ for orpo, so accuracy at the start is the starting model's own preference)")
+        if s.get("verdict"):
+            lines.append("  " + s["verdict"])
     lines += summary_tail(s)
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from ..errors import NonFiniteError, UserError
 from ..types import TokenizedPair
 from . import engine
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_pretrained_atomic
+from ..eval.intervals import with_intervals
 from .metrics import MetricsLog, MetricSums
 from .objectives import DPOObjective
 from .setup import peak_rss_mb
@@ -69,12 +70,20 @@ def evaluate(module, objective, batches: list, accelerator) -> dict[str, float]:
     """Mean metrics over this run's held-out batches (`batches`: (batch, indices) pairs), gathered over ranks."""
     was_training = module.training
     module.eval()
-    sums = MetricSums()
+    sums, margins = MetricSums(), []
     for batch, indices in batches:
         _, metrics = objective(module, batch, "eval", indices)
         sums.add(metrics)
+        if "rewards/margins" in metrics:  # per pair, for the interval of the mean
+            margins += metrics["rewards/margins"].float().cpu().tolist()
     module.train(was_training)
     means = sums.reduce(accelerator, objective.metric_keys).means(prefix="eval/")
+    if "eval/rewards/margins" in means:
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            margins = gather_object(margins)
+        means.update(with_intervals(means["eval/rewards/accuracies"], margins))
     return {**means, **objective.finish(means)}
 
 
