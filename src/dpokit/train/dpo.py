@@ -14,7 +14,7 @@ from ..losses import LN2, LOSSES, loss_terms, needs_reference
 from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
 from ..eval.intervals import verdict
-from .loop import pairs_reached, train_dpo
+from .loop import pairs_reached, total_steps, train_dpo
 from .setup import finish_run, start_run, summary_tail
 
 
@@ -24,6 +24,19 @@ def check_margins(config: DPOConfig, pairs) -> None:
         if missing:
             raise UserError(f"{missing[0]}: the {config.loss} loss needs a per-pair `margin` (or score_chosen/"
                             f"score_rejected); {len(missing)} pairs have none")
+
+
+def check_sizes(config: DPOConfig, data) -> None:
+    """A file too small for one batch, or a default split that holds nothing out, is refused with the fix."""
+    train, held = len(data.train), len(data.eval)
+    if train < config.batch_size:
+        raise UserError(f"{config.data}: {train} training pairs but --batch-size {config.batch_size}: every step would "
+                        f"repeat the same pairs; use --batch-size {train} or less (and --grad-accum to match), or add "
+                        "data")
+    if not held and config.eval_fraction is None and not config.eval_data:
+        raise UserError(f"{config.data}: the default held-out split (10% of the prompts) holds out no pair of these "
+                        f"{train}: the run could not show whether it learned; give --eval-data FILE, a larger "
+                        "--eval-fraction, or --eval-fraction 0 to train without held-out figures")
 
 
 def estimate_memory(config: DPOConfig, model_path, ref_path, dtype: str):
@@ -96,9 +109,12 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     # Data first: every data problem surfaces before minutes go into loading a model.
     data = prepare_preference_data(config, tokenizer)
     check_margins(config, data.train + data.eval)
+    check_sizes(config, data)
 
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
     estimated = estimate_memory(config, model_path, ref_path if config.ref else None, dtype)
+    if main and not quiet:  # what the run will do, before minutes go into it
+        print(describe_run(config, data, estimated), flush=True)
     policy = load_policy(model_path, config, dtype)
     # Reference-free losses (simpo, orpo): no reference model, no reference pass, no cache.
     reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator) \
@@ -114,6 +130,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
         else "live"
     summary = finish_run(run_dir, trained, tokenizer, config, {
         **data.summary, **result, "loss": config.loss, "dtype": dtype, "reference": reference_source,
+        "batch_size": config.batch_size,
         "verdict": verdict(result.get("eval_end") or {}, result.get("eval_start"), reference_free=reference is None),
         "estimated_memory_mb": estimated.total / 2**20}, accelerator, started, trained_state)
     if not quiet:
@@ -121,9 +138,34 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     return summary
 
 
+def describe_run(config: DPOConfig, data, estimated) -> str:
+    """Shape, split, dropped rows, truncation, the pairs the steps will draw and the memory estimate, in a few lines."""
+    d = data.summary["data"]
+    unit = "feedback examples" if d.get("feedback") else "pairs"
+    dropped = ", ".join(f"{k} {v}" for k, v in d["dropped"].items()) or "none"
+    lines = [f"dpokit dpo: {d['path']}: shape {d['shape']}, {d['rows']} rows, dropped {dropped}"]
+    if d.get("lists"):
+        lists = d["lists"]
+        lines.append(f"  ranked lists: {lists['rows']} rows → {lists['pairs']} pairs ({lists['policy']}); dropped: "
+                     f"{lists['dropped'] or 'none'}")
+    train, held = len(data.train), len(data.eval)
+    source = f"from {config.eval_data}" if config.eval_data else "split by prompt"
+    lines.append(f"  {unit}: {train} for training, {held} held out ({source})")
+    cut = {k: v for k, v in data.summary.get("tokenization", {}).items() if v}
+    if cut:
+        lines.append("  truncated to --max-length/--max-prompt-length: " + ", ".join(f"{k} {v}" for k, v in cut.items()))
+    steps = total_steps(config, train)
+    drawn = steps * config.batch_size
+    lines.append(f"  {steps} steps × {config.batch_size} = {drawn} {unit} drawn ({drawn / max(train, 1):.2g} passes over "
+                 f"the training {unit}); loss {config.loss}, β {config.beta:g}, learning rate {config.learning_rate:g}")
+    lines.append(f"  memory estimate: {estimated.table()}")
+    return "\n".join(lines)
+
+
 def format_summary(s: dict) -> str:
     unit = "feedback examples" if s["data"].get("feedback") else "pairs"
-    lines = [f"dpokit dpo: {s['steps']} steps on {s['pairs']['train']} {unit} in {s['wall_seconds']:.0f} s "
+    seen = f"{s['steps'] * s['batch_size']} drawn from {s['pairs']['train']}"
+    lines = [f"dpokit dpo: {s['steps']} steps, {seen} {unit}, in {s['wall_seconds']:.0f} s "
              f"({s['tokens_per_s']:.0f} tokens/s training, peak RSS {s['peak_rss_mb']:.0f} MB)"]
     dropped = {k: v for k, v in s["data"]["dropped"].items() if v}
     if dropped:
