@@ -46,3 +46,4 @@ def test_feedback_given_to_a_pair_loss_is_one_error_line(tiny_model_dir, tmp_pat
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("dpokit: error: fb.jsonl:1: row shape 'unpaired' (prompt, completion, label: thumbs-up/down "
                           "feedback) fits --loss kto")
+

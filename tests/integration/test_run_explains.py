@@ -1,0 +1,22 @@
+"""A run says what it will do before the first step and what it drew at the end; data too small to show anything
+is refused with the fix."""
+from __future__ import annotations
+
+import json
+
+from dpokit.cli import main
+
+
+def test_a_file_smaller_than_a_batch_or_with_no_default_held_out_split_is_refused(tiny_model_dir, tmp_path, capsys):
+    rows = [{"prompt": f"Q{i}?", "chosen": f" Yes {i}.", "rejected": f" No {i}."} for i in range(3)]
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    base = ["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(tmp_path / "run")]
+    assert main(base + ["--batch-size", "4"]) == 2
+    assert "3 training pairs but --batch-size 4" in capsys.readouterr().err
+    assert main(base + ["--batch-size", "2"]) == 2
+    assert "holds out no pair of these 3" in capsys.readouterr().err
+    assert main(base + ["--batch-size", "2", "--eval-fraction", "0", "--max-steps", "1", "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "pairs: 3 for training, 0 held out" in out and "1 steps × 2 = 2 pairs drawn" in out
+    assert "memory estimate:" in out and "dpokit dpo: 1 steps, 2 drawn from 3 pairs" in out
