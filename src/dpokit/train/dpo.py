@@ -150,6 +150,8 @@ def describe_run(config: DPOConfig, data, estimated) -> str:
                      f"{lists['dropped'] or 'none'}")
     train, held = len(data.train), len(data.eval)
     source = f"from {config.eval_data}" if config.eval_data else "split by prompt"
+    if config.max_eval_pairs is not None:
+        source += f", at most --max-eval-pairs {config.max_eval_pairs}"
     lines.append(f"  {unit}: {train} for training, {held} held out ({source})")
     cut = {k: v for k, v in data.summary.get("tokenization", {}).items() if v}
     if cut:
