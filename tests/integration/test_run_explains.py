@@ -20,3 +20,17 @@ def test_a_file_smaller_than_a_batch_or_with_no_default_held_out_split_is_refuse
     out = capsys.readouterr().out
     assert "pairs: 3 for training, 0 held out" in out and "1 steps × 2 = 2 pairs drawn" in out
     assert "memory estimate:" in out and "dpokit dpo: 1 steps, 2 drawn from 3 pairs" in out
+
+
+def test_a_refused_run_leaves_no_folder_it_made_and_keeps_one_that_was_there(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "", "rejected": "r"}\n', encoding="utf-8")
+    for command in ("dpo", "sft"):
+        run = tmp_path / f"new-{command}"
+        assert main([command, "--model", str(tiny_model_dir), "--data", str(data), "--output", str(run)]) == 2
+        assert not run.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(mine)]) == 2
+    assert mine.is_dir()
+    capsys.readouterr()

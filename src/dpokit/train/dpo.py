@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import torch
 
 from .. import memory
@@ -15,7 +17,7 @@ from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_mo
 from ..reference import AdaptersOffReference, LiveReference
 from ..eval.intervals import verdict
 from .loop import pairs_reached, total_steps, train_dpo
-from .setup import finish_run, start_run, summary_tail
+from .setup import finish_run, leave_nothing_on_error, start_run, summary_tail
 
 
 def check_margins(config: DPOConfig, pairs) -> None:
@@ -104,12 +106,14 @@ def fill_cache(source, tables, splits, missing, config: DPOConfig, tokenizer, ac
 
 def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     """One process, or one of several under `accelerate launch`: only the main process writes files."""
+    existed = Path(config.output).exists()
     started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config)
     main = accelerator.is_main_process
     # Data first: every data problem surfaces before minutes go into loading a model.
-    data = prepare_preference_data(config, tokenizer)
-    check_margins(config, data.train + data.eval)
-    check_sizes(config, data)
+    with leave_nothing_on_error(config, run_dir, existed, main):
+        data = prepare_preference_data(config, tokenizer)
+        check_margins(config, data.train + data.eval)
+        check_sizes(config, data)
 
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
     estimated = estimate_memory(config, model_path, ref_path if config.ref else None, dtype)

@@ -1,6 +1,8 @@
 """What every training command does before and after its loop: run folder, accelerator, dtype, memory figures."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import shutil
 from pathlib import Path
 
@@ -103,6 +105,18 @@ def summary_tail(s: dict) -> list[str]:
     lines.append(f"  model: {s['output']}")
     lines.append(f"  report: {s['report']}  (plots: report.png)")
     return lines
+
+
+@contextmanager
+def leave_nothing_on_error(config, run_dir: Path, existed: bool, main: bool):
+    """A run that stops on a problem before writing anything (bad data, a file too small) leaves no empty run folder
+    behind that it made itself; a folder that was there before is never touched."""
+    try:
+        yield
+    except UserError:
+        if main and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
 
 
 def start_run(config):

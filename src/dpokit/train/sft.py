@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 from ..config import CoHConfig, SFTConfig, dump_config
 from ..data.prepare import reading, resolve_data_path, split_pairs
@@ -16,7 +17,7 @@ from ..errors import UserError
 from ..models import load_policy
 from .loop import train_loop
 from .objectives import SFTObjective
-from .setup import finish_run, start_run, summary_tail
+from .setup import finish_run, leave_nothing_on_error, start_run, summary_tail
 
 from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by `generate --coh`
 
@@ -52,9 +53,11 @@ def prepare_sft_data(config: SFTConfig, tokenizer):
 
 
 def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
+    existed = Path(config.output).exists()
     started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config)
     main = accelerator.is_main_process
-    train, held_out, data_summary = prepare_sft_data(config, tokenizer)
+    with leave_nothing_on_error(config, run_dir, existed, main):
+        train, held_out, data_summary = prepare_sft_data(config, tokenizer)
     model = load_policy(model_path, config, dtype)
     if main:
         dump_config(config, run_dir / "config.yaml")
