@@ -34,3 +34,18 @@ def test_a_refused_run_leaves_no_folder_it_made_and_keeps_one_that_was_there(tin
     assert main(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(mine)]) == 2
     assert mine.is_dir()
     capsys.readouterr()
+
+
+def test_a_run_that_does_not_move_says_so_and_a_learning_one_does_not(tiny_model_dir, tmp_path, capsys):
+    rows = [{"prompt": f"Question {i}?", "chosen": f" Yes, {i} is fine.", "rejected": f" Never {i}!"} for i in range(24)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    warnings = {}
+    for name, rate in (("stuck", "1e-12"), ("learning", "1e-3")):
+        run = tmp_path / name
+        assert main(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(run), "--max-steps",
+                     "12", "--batch-size", "4", "--learning-rate", rate, "--eval-fraction", "0.25"]) == 0
+        warnings[name] = json.loads((run / "summary.json").read_text())["warnings"]
+    assert any(w.startswith("not learning after 12 of 12 steps") for w in warnings["stuck"]), warnings["stuck"]
+    assert not any(w.startswith("not learning") for w in warnings["learning"]), warnings["learning"]
+    capsys.readouterr()

@@ -55,3 +55,32 @@ def test_watch_tracks_best_stops_after_patience_and_warns_once():
     assert improved == [True, True, False, False]
     assert watch.best_step == 10 and watch.should_stop()
     assert len(watch.warnings) == 2  # stall once, chosen drop once (not again at step 30)
+
+
+def loss_steps(losses):
+    return [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)]
+
+
+def test_not_learning_fires_on_a_loss_stuck_at_ln2_and_not_on_a_falling_one():
+    from dpokit.train.watch import not_learning
+
+    stuck = loss_steps([0.6931 + 0.001 * (-1) ** i for i in range(12)])
+    warning = not_learning(stuck, total_steps=40)
+    assert warning.startswith("not learning after 12 of 40 steps: the train loss is 0.69")
+    assert "learning rate too low" in warning and "LoRA" in warning
+    falling = loss_steps([0.6931 - 0.01 * i for i in range(12)])
+    assert not_learning(falling, total_steps=40) is None
+    assert not_learning(stuck[:9], total_steps=20) is None  # fewer than 10 steps: too early to say
+    assert not_learning(stuck, total_steps=100) is None  # 12 of 100: before a quarter of the run
+    assert not_learning(stuck, total_steps=None) is None  # losses that do not start at ln 2
+
+
+def test_the_watch_gives_the_not_learning_warning_once():
+    from dpokit.train.watch import OverfitWatch
+
+    watch = OverfitWatch(total_steps=12)
+    for record in loss_steps([0.6932] * 12):
+        watch.add_train(record)
+    _, first = watch.add_eval(12, {"eval/loss": 0.6931})
+    _, again = watch.add_eval(12, {"eval/loss": 0.6931})
+    assert len(first) == 1 and first[0].startswith("not learning") and again == []

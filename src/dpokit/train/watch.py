@@ -5,7 +5,9 @@ constructed trajectories):
 - held-out stalls while train rises: the held-out loss has not improved for `patience` evaluations, yet the train
   reward margin over that stretch is higher than before it;
 - chosen answers lose likelihood: on held-out pairs the chosen log-prob fell below the reference's by more than
-  `chosen_drop` nats (the margin can grow while both answers become less likely, a known DPO failure).
+  `chosen_drop` nats (the margin can grow while both answers become less likely, a known DPO failure);
+- not learning: past a quarter of the run (and at least 10 steps), the DPO loss of the latest steps is still within
+  0.005 of ln 2, where it starts (rewards stuck at 0, loss 0.6931: TRL #1311).
 `--early-stop` uses the same bookkeeping: it keeps the best model by held-out loss and stops after `patience`
 evaluations without improvement.
 """
@@ -18,6 +20,24 @@ from ..losses import is_feedback_loss, needs_reference
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+LN2 = 0.6931471805599453
+STUCK = 0.005  # a loss this close to ln 2 has not moved from where DPO starts
+
+
+def not_learning(records: list[dict], total_steps: int | None, min_steps: int = 10) -> str | None:
+    """A warning when, past a quarter of ``total_steps`` (and ``min_steps``), the mean train loss of the latest
+    quarter of the steps so far is still within STUCK of ln 2; None otherwise (or when the run's length is unknown)."""
+    train = [r["loss"] for r in records if "loss" in r and "eval/loss" not in r]
+    if total_steps is None or len(train) < max(min_steps, total_steps / 4):
+        return None
+    recent = _mean(train[-max(len(train) // 4, 1):])
+    if abs(recent - LN2) > STUCK:
+        return None
+    return (f"not learning after {len(train)} of {total_steps} steps: the train loss is {recent:.4f}, still within "
+            f"{STUCK} of ln 2 = {LN2:.4f} where DPO starts. Likely causes: a learning rate too low for this model "
+            "size (try 10x), LoRA with too small a rank or alpha, or a β so small that margins barely move the loss")
 
 
 def stalled_while_training_rises(records: list[dict], patience: int) -> str | None:
@@ -65,6 +85,7 @@ class OverfitWatch:
 
     patience: int = 3
     beta: float | None = None  # None: not a preference run (no reward metrics)
+    total_steps: int | None = None  # set for losses that start at ln 2 (sigmoid, cdpo, robust): the not-learning check
     chosen_drop: float = 5.0
     records: list[dict] = field(default_factory=list)
     best_loss: float = float("inf")
@@ -100,7 +121,8 @@ class OverfitWatch:
             self.best_loss, self.best_step, self.evals_since_best = metrics["eval/loss"], step, 0
         else:
             self.evals_since_best += 1
-        checks = {"stall": stalled_while_training_rises(self.records, self.patience),
+        checks = {"not_learning": not_learning(self.records, self.total_steps),
+                  "stall": stalled_while_training_rises(self.records, self.patience),
                   "chosen_drop": chosen_likelihood_drop({"step": step, **metrics}, self.beta or 0, self.chosen_drop)}
         new = [w for kind, w in checks.items() if w and kind not in self.fired]
         self.fired.update(kind for kind, w in checks.items() if w)
