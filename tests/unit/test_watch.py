@@ -84,3 +84,26 @@ def test_the_watch_gives_the_not_learning_warning_once():
     _, first = watch.add_eval(12, {"eval/loss": 0.6931})
     _, again = watch.add_eval(12, {"eval/loss": 0.6931})
     assert len(first) == 1 and first[0].startswith("not learning") and again == []
+
+
+def test_collapse_fires_when_train_loss_nears_zero_while_held_out_rises():
+    from dpokit.train.watch import collapsing
+
+    records = [{"step": 0, "eval/loss": 0.69}] + loss_steps([0.6, 0.3, 0.1, 0.02, 0.01, 0.01, 0.005, 0.004])
+    records += [{"step": 8, "eval/loss": 0.80}]
+    warning = collapsing(records)
+    assert warning.startswith("at step 8: the train loss is 0.00") and "rose from 0.6900 (step 0) to 0.8000" in warning
+    healthy = records[:-1] + [{"step": 8, "eval/loss": 0.60}]
+    assert collapsing(healthy) is None  # held-out still improving
+    slow = [{"step": 0, "eval/loss": 0.69}] + loss_steps([0.6, 0.5, 0.45, 0.4]) + [{"step": 4, "eval/loss": 0.9}]
+    assert collapsing(slow) is None  # train loss far from 0: not this pattern
+
+
+def test_both_falling_fires_only_when_both_answers_drop():
+    from dpokit.train.watch import both_falling
+
+    both = {"step": 30, "eval/rewards/chosen": -0.4, "eval/rewards/rejected": -0.9}  # β 0.1: −4 and −9 nats
+    warning = both_falling(both, beta=0.1, chosen_drop=5.0)
+    assert warning.startswith("at step 30: held-out chosen and rejected answers both fell") and "-4.0 and -9.0" in warning
+    assert both_falling({"step": 30, "eval/rewards/chosen": 0.1, "eval/rewards/rejected": -0.9}, 0.1, 5.0) is None
+    assert both_falling({"step": 30, "eval/rewards/chosen": -0.2, "eval/rewards/rejected": -0.9}, 0.1, 5.0) is None

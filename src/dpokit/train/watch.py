@@ -6,6 +6,10 @@ constructed trajectories):
   reward margin over that stretch is higher than before it;
 - chosen answers lose likelihood: on held-out pairs the chosen log-prob fell below the reference's by more than
   `chosen_drop` nats (the margin can grow while both answers become less likely, a known DPO failure);
+- collapsing onto the training pairs: the train loss of the latest steps is near 0 while the held-out loss has risen
+  past its best (a learning rate too high: TRL #1236);
+- both answers falling: held-out chosen and rejected log-probs both fell below the reference's by more than half of
+  `chosen_drop` nats (the "both rewards negative" pattern: LLaMA-Factory #7643);
 - not learning: past a quarter of the run (and at least 10 steps), the DPO loss of the latest steps is still within
   0.005 of ln 2, where it starts (rewards stuck at 0, loss 0.6931: TRL #1311).
 `--early-stop` uses the same bookkeeping: it keeps the best model by held-out loss and stops after `patience`
@@ -38,6 +42,39 @@ def not_learning(records: list[dict], total_steps: int | None, min_steps: int = 
     return (f"not learning after {len(train)} of {total_steps} steps: the train loss is {recent:.4f}, still within "
             f"{STUCK} of ln 2 = {LN2:.4f} where DPO starts. Likely causes: a learning rate too low for this model "
             "size (try 10x), LoRA with too small a rank or alpha, or a β so small that margins barely move the loss")
+
+
+NEAR_ZERO = 0.05  # a DPO loss this low means the training pairs are separated by a wide margin
+RISE = 0.05  # held-out loss this far above its best counts as rising
+
+
+def collapsing(records: list[dict]) -> str | None:
+    """A warning when the latest train losses are near 0 while the newest held-out loss rose past its best."""
+    train = [r["loss"] for r in records if "loss" in r and "eval/loss" not in r]
+    evals = [r for r in records if "eval/loss" in r]
+    if len(train) < 4 or len(evals) < 2:
+        return None
+    recent = _mean(train[-max(len(train) // 4, 1):])
+    best = min(evals[:-1], key=lambda r: r["eval/loss"])
+    last = evals[-1]
+    if recent >= NEAR_ZERO or last["eval/loss"] < best["eval/loss"] + RISE:
+        return None
+    return (f"at step {last['step']}: the train loss is {recent:.4f}, near 0, while the held-out loss rose from "
+            f"{best['eval/loss']:.4f} (step {best['step']}) to {last['eval/loss']:.4f}: the model is memorising its "
+            "training pairs. Likely a learning rate too high; lower --learning-rate, run fewer steps, or --early-stop")
+
+
+def both_falling(record: dict, beta: float, chosen_drop: float) -> str | None:
+    """A warning when held-out chosen and rejected answers both became much less likely than under the reference."""
+    chosen, rejected = record.get("eval/rewards/chosen"), record.get("eval/rewards/rejected")
+    if chosen is None or rejected is None or beta <= 0:
+        return None
+    chosen, rejected = chosen / beta, rejected / beta  # mean log π − log π_ref over held-out pairs
+    if chosen >= -chosen_drop / 2 or rejected >= -chosen_drop / 2:
+        return None
+    return (f"at step {record['step']}: held-out chosen and rejected answers both fell below the reference "
+            f"({chosen:.1f} and {rejected:.1f} nats): the margin grows by pushing both down, which can break "
+            "generation. Consider a lower learning rate, --sft-weight (an NLL term on chosen) or a larger β")
 
 
 def stalled_while_training_rises(records: list[dict], patience: int) -> str | None:
@@ -121,7 +158,9 @@ class OverfitWatch:
             self.best_loss, self.best_step, self.evals_since_best = metrics["eval/loss"], step, 0
         else:
             self.evals_since_best += 1
-        checks = {"not_learning": not_learning(self.records, self.total_steps),
+        collapse = collapsing(self.records) if self.total_steps is not None else None
+        checks = {"not_learning": not_learning(self.records, self.total_steps), "collapse": collapse,
+                  "both_falling": both_falling({"step": step, **metrics}, self.beta or 0, self.chosen_drop),
                   "stall": stalled_while_training_rises(self.records, self.patience),
                   "chosen_drop": chosen_likelihood_drop({"step": step, **metrics}, self.beta or 0, self.chosen_drop)}
         new = [w for kind, w in checks.items() if w and kind not in self.fired]
