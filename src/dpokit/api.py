@@ -15,7 +15,7 @@ from .data.validate import load_pairs, row_pairs
 from .models import frozen_copy
 from .reference import LiveReference
 from .train.checkpoint import save_pretrained_atomic
-from .train.dpo import check_margins
+from .train.dpo import check_strengths
 from .train.setup import prepare_run_dir
 from .train.loop import train_dpo
 from .types import PreferencePair
@@ -55,7 +55,7 @@ def train(model, reference, config: DPOConfig, dataset, tokenizer, eval_dataset=
     eval_pairs = None if eval_dataset is None else _as_pairs(eval_dataset, "eval_dataset", config)
     train_pairs, eval_pairs = split_pairs(config, train_pairs, eval_pairs)
     data = tokenize_splits(config, tokenizer, train_pairs, eval_pairs)
-    check_margins(config, data.train + data.eval)
+    check_strengths(config, data.train + data.eval)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     reference = frozen_copy(model) if reference is None else reference.eval().requires_grad_(False)

@@ -30,8 +30,8 @@ def first_rows(report) -> list[str]:
         prompt = pair.prompt if isinstance(pair.prompt, str) else json.dumps(pair.prompt, ensure_ascii=False)
         lines += [f"first pair:  {pair.origin}", f"  prompt:    {_clip(prompt)}", f"  chosen:    {_clip(pair.chosen)}",
                   f"  rejected:  {_clip(pair.rejected)}"]
-        if pair.margin is not None:
-            lines.append(f"  margin:    {pair.margin:g}")
+        if pair.strength is not None:
+            lines.append(f"  strength:  {pair.strength:g}")
     return lines
 
 

@@ -48,7 +48,7 @@ def _margin(policy: PairLogps, reference: PairLogps) -> torch.Tensor:
     return (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)  # (B,)
 
 
-def sigmoid_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odpo_alpha=1.0) -> LossOutput:
+def sigmoid_loss(policy, reference, *, beta, label_smoothing=0.0, strengths=None, odpo_alpha=1.0) -> LossOutput:
     """DPO, eq. 7 of Rafailov et al.: −log σ(β h). With ε > 0 this is conservative DPO (cDPO):
     the label is trusted with probability 1 − ε, so the loss is −(1−ε) log σ(β h) − ε log σ(−β h)."""
     h = _margin(policy, reference)
@@ -56,7 +56,7 @@ def sigmoid_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, 
     return LossOutput(losses, *_rewards(policy, reference, beta))
 
 
-def robust_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odpo_alpha=1.0) -> LossOutput:
+def robust_loss(policy, reference, *, beta, label_smoothing=0.0, strengths=None, odpo_alpha=1.0) -> LossOutput:
     """Robust DPO (Chowdhury et al. 2024): an unbiased loss under label-flip rate ε < 0.5,
     [−(1−ε) log σ(β h) + ε log σ(−β h)] / (1 − 2ε)."""
     h = _margin(policy, reference)
@@ -65,13 +65,13 @@ def robust_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, o
     return LossOutput(losses, *_rewards(policy, reference, beta))
 
 
-def hinge_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odpo_alpha=1.0) -> LossOutput:
+def hinge_loss(policy, reference, *, beta, label_smoothing=0.0, strengths=None, odpo_alpha=1.0) -> LossOutput:
     """SLiC-style hinge on the scaled margin: max(0, 1 − β h)."""
     h = _margin(policy, reference)
     return LossOutput(torch.relu(1 - beta * h), *_rewards(policy, reference, beta))
 
 
-def ipo_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odpo_alpha=1.0) -> LossOutput:
+def ipo_loss(policy, reference, *, beta, label_smoothing=0.0, strengths=None, odpo_alpha=1.0) -> LossOutput:
     """IPO (Azar et al. 2024, eq. 17) on per-token-averaged log-ratios, as TRL does and as the IPO authors
     reported: (h̄ − 1/(2β))² where h̄ divides each log-ratio by its completion length."""
     chosen_ratio = (policy.chosen - reference.chosen) / policy.chosen_tokens.clamp(min=1)
@@ -80,20 +80,21 @@ def ipo_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odpo
     return LossOutput(losses, *_rewards(policy, reference, beta))
 
 
-def ipo_sum_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odpo_alpha=1.0) -> LossOutput:
+def ipo_sum_loss(policy, reference, *, beta, label_smoothing=0.0, strengths=None, odpo_alpha=1.0) -> LossOutput:
     """IPO on summed log-ratios, as the reference DPO implementation (eric-mitchell) computes it:
     (h − 1/(2β))². Scales with completion length; pick a larger β than for `ipo`."""
     h = _margin(policy, reference)
     return LossOutput((h - 1 / (2 * beta)) ** 2, *_rewards(policy, reference, beta))
 
 
-def odpo_loss(policy, reference, *, beta, label_smoothing=0.0, margins=None, odpo_alpha=1.0) -> LossOutput:
+def odpo_loss(policy, reference, *, beta, label_smoothing=0.0, strengths=None, odpo_alpha=1.0) -> LossOutput:
     """DPO with an offset (Amini et al. 2024): −log σ(β h − Δ), Δ = α · log(1 + max(m, 0)) where m is the
     pair's preference strength (``margin`` or score_chosen − score_rejected). The paper log-scales the
     score gap; the +1 keeps tied pairs (m = 0, offset 0: plain DPO) finite."""
-    if margins is None:
-        raise ValueError("odpo needs a per-pair margin (a `margin` or `score_chosen`/`score_rejected` field)")
-    offset = odpo_alpha * torch.log1p(margins.clamp(min=0))
+    if strengths is None:
+        raise ValueError("odpo needs each pair's preference strength (a `margin` or `score_chosen`/`score_rejected` "
+                         "field)")
+    offset = odpo_alpha * torch.log1p(strengths.clamp(min=0))
     h = _margin(policy, reference)
     return LossOutput(-F.logsigmoid(beta * h - offset), *_rewards(policy, reference, beta))
 
@@ -192,7 +193,7 @@ LossFn = Callable[..., LossOutput]
 class LossSpec:
     fn: LossFn
     uses_label_smoothing: bool = False
-    needs_margins: bool = False
+    needs_strengths: bool = False  # reads each pair's preference strength (the data's `margin`)
     summary: str = ""
     settings: tuple[str, ...] = ()  # config fields passed to `fn` by name, besides beta
     reference_free: bool = False
@@ -211,7 +212,7 @@ LOSSES: dict[str, LossSpec] = {
     "hinge": LossSpec(hinge_loss, summary="SLiC hinge: max(0, 1 − βh)"),
     "ipo": LossSpec(ipo_loss, summary="IPO on per-token-averaged log-ratios (as TRL)"),
     "ipo_sum": LossSpec(ipo_sum_loss, summary="IPO on summed log-ratios (as the reference DPO code)"),
-    "odpo": LossSpec(odpo_loss, needs_margins=True, settings=("odpo_alpha",),
+    "odpo": LossSpec(odpo_loss, needs_strengths=True, settings=("odpo_alpha",),
                      summary="DPO with an offset from per-pair margins"),
     "simpo": LossSpec(simpo_loss, uses_label_smoothing=True, settings=("label_smoothing", "gamma"), reference_free=True,
                       summary="SimPO: length-normalised log-probs with a target margin γ, no reference"),

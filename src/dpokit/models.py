@@ -34,17 +34,25 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path, memo: dict | None = None) -> str:
+    """sha256 of a file's bytes, hex. With ``memo``, remembered by path, size and mtime, so a 15 GB model is read
+    once, not on every run (the reference cache's key and the GGUF conversion's folder both use it)."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if memo is not None and key in memo:
+        return memo[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
+        for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
-    return h.hexdigest()[:16]
+    if memo is not None:
+        memo[key] = h.hexdigest()
+    return h.hexdigest()
 
 
 def _convert_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF file to a float32 safetensors folder once; later loads read the folder."""
-    target = cache_dir() / "gguf" / f"{gguf.stem}-{_file_digest(gguf)}"
+    target = cache_dir() / "gguf" / f"{gguf.stem}-{file_digest(gguf)[:16]}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .logprobs import batch_logps
 from .losses import PairLogps
-from .models import cache_dir
+from .models import cache_dir, file_digest
 from .types import TokenizedPair
 
 
@@ -68,18 +68,6 @@ class CachedReference:
         return PairLogps(rows[:, 0], rows[:, 1], counts[:batch.num_pairs], counts[batch.num_pairs:])
 
 
-def _file_digest(path: Path, memo: dict) -> str:
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    if key not in memo:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        memo[key] = h.hexdigest()
-    return memo[key]
-
-
 def model_fingerprint(model_dir: Path) -> str:
     """Digest of a model folder's weights and config; a LoRA adapter folder adds its adapter to its base's."""
     from .models import adapter_base, is_adapter_dir
@@ -93,7 +81,7 @@ def model_fingerprint(model_dir: Path) -> str:
     else:
         files = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]
     for f in files:
-        h.update(f.name.encode() + _file_digest(f, memo).encode())
+        h.update(f.name.encode() + file_digest(f, memo).encode())
     memo_path.parent.mkdir(parents=True, exist_ok=True)
     memo_path.write_text(json.dumps(memo))
     return h.hexdigest()

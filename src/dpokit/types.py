@@ -23,7 +23,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     origin: str
-    margin: float | None = None  # optional preference strength, used by `odpo`
+    strength: float | None = None  # how strongly chosen is preferred (the data's `margin` field), used by `odpo`
     label: bool | None = None  # KTO feedback: `chosen` is the answer (True = desirable), `rejected` a mismatched one
 
     @property
@@ -39,7 +39,7 @@ class TokenizedPair:
     chosen_ids: tuple[int, ...]
     rejected_ids: tuple[int, ...]
     origin: str
-    margin: float | None = None
+    strength: float | None = None
     truncated: bool = False
     label: bool | None = None  # KTO feedback (see PreferencePair)
 
@@ -63,7 +63,7 @@ class PreferenceBatch:
     owners: torch.Tensor  # (K,) long in [0, 2B)
     num_pairs: int
     num_tokens: int  # non-padding tokens of chosen and rejected sequences, prompt counted for both
-    margins: torch.Tensor | None  # (B,) or None
+    strengths: torch.Tensor | None  # (B,) preference strengths (odpo), or None
     origins: list[str]
     position_ids: torch.Tensor | None = None  # (rows, T), shared layout only
     loss_mask: torch.Tensor | None = None  # (2B, T) bool, padded layout only
@@ -73,7 +73,7 @@ class PreferenceBatch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PreferenceBatch(move(self.input_ids), move(self.attention_mask), move(self.sources),
                                move(self.targets), move(self.owners), self.num_pairs, self.num_tokens,
-                               move(self.margins), self.origins, move(self.position_ids), move(self.loss_mask),
+                               move(self.strengths), self.origins, move(self.position_ids), move(self.loss_mask),
                                move(self.labels))
 
 

@@ -117,6 +117,7 @@ needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data 
 
 
 @needs_shared
+@pytest.mark.slow
 def test_self_instruct_seed_tasks_train_sft_through_a_mapping(tiny_model_dir, tmp_path):
     """yizhongw/self-instruct's seed tasks (instruction + instances[0].input → prompt, instances[0].output → answer):
     a shape no adapter knows, trained 2 steps with no conversion script."""
@@ -137,7 +138,7 @@ def test_ultrafeedback_scores_map_to_margins_for_odpo(tiny_model_dir, tmp_path, 
     columns = "chosen=chosen,rejected=rejected,score_chosen=metadata.score_chosen,score_rejected=metadata.score_rejected"
     assert main(["validate", str(data), "--no-tokens", "--columns", columns]) == 1  # 4 identical pairs, 2 empty answers
     out = capsys.readouterr().out
-    assert "valid pairs: 994" in out and "dropped:     6 (empty_completion 2, identical 4)" in out and "  margin:    1" in out
+    assert "valid pairs: 994" in out and "dropped:     6 (empty_completion 2, identical 4)" in out and "  strength:  1" in out
     run = tmp_path / "odpo"
     result = dpokit("dpo", "--model", tiny_model_dir, "--data", data, "--columns", columns, "--skip-invalid",
                     "--loss", "odpo", "--output", run, "--max-steps", 2, "--batch-size", 4, "--max-length", 128,

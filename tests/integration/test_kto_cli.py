@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dpokit.cli import main
 from test_cli_dpo import pairs_file, read_metrics  # noqa: F401  (pairs_file is a fixture)
 from test_reference_free_cli import TINY, run_cli
@@ -22,6 +24,7 @@ def test_validate_reports_feedback_counts(tmp_path, capsys):
     assert "shape:       unpaired" in out and "examples:    16 (10 desirable, 6 undesirable): for --loss kto" in out
 
 
+@pytest.mark.slow
 def test_kto_trains_on_thumbs_with_a_cached_reference_and_on_pairs(tiny_model_dir, pairs_file, tmp_path):  # noqa: F811
     data = thumbs(tmp_path / "fb.jsonl")
     for name, path, shape in (("thumbs", data, "unpaired"), ("pairs", pairs_file, "hh_rlhf")):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dpokit.cli import main
 
 
@@ -36,6 +38,7 @@ def test_a_refused_run_leaves_no_folder_it_made_and_keeps_one_that_was_there(tin
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_a_run_that_does_not_move_says_so_and_a_learning_one_does_not(tiny_model_dir, tmp_path, capsys):
     rows = [{"prompt": f"Question {i}?", "chosen": f" Yes, {i} is fine.", "rejected": f" Never {i}!"} for i in range(24)]
     data = tmp_path / "pairs.jsonl"

@@ -285,7 +285,7 @@ BASE = {"prompt": "p", "chosen": "c", "rejected": "r"}
     ],
 )
 def test_margin_sources(extra, margin):
-    assert adapt({**BASE, **extra})[1].margin == margin
+    assert adapt({**BASE, **extra})[1].strength == margin
 
 
 @pytest.mark.parametrize(

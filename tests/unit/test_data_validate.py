@@ -53,7 +53,7 @@ def test_skip_invalid_drops_and_lists_each_problem(tmp_path):
     assert report.shape == "standard"
     assert report.num_rows == 8
     assert [p.origin for p in report.pairs] == ["messy.jsonl:1", "messy.jsonl:8"]
-    assert report.pairs[1].margin == 0.5
+    assert report.pairs[1].strength == 0.5
     assert report.problems == [
         Problem("messy.jsonl:2", "chosen", "'chosen' completion is empty", "empty_completion"),
         Problem("messy.jsonl:3", "rejected", "'rejected' completion is empty", "empty_completion"),
@@ -217,6 +217,6 @@ def test_real_ultrafeedback_subset():
     assert report.dropped_counts() == {"empty_completion": 2, "identical": 4}
     assert len(report.pairs) == 994
     first = report.pairs[0]
-    assert (first.prompt, first.margin) == ("how to cook t-bone in the oven", 1.0)  # metadata scores 9.0 - 8.0
-    assert all(p.margin is not None and p.margin >= 0 for p in report.pairs)
-    assert sum(p.margin == 0 for p in report.pairs) == 110  # README: 111 ties; line 307 (8.0 vs 8.0) is dropped
+    assert (first.prompt, first.strength) == ("how to cook t-bone in the oven", 1.0)  # metadata scores 9.0 - 8.0
+    assert all(p.strength is not None and p.strength >= 0 for p in report.pairs)
+    assert sum(p.strength == 0 for p in report.pairs) == 110  # README: 111 ties; line 307 (8.0 vs 8.0) is dropped

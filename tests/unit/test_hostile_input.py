@@ -106,7 +106,7 @@ def check_pair(pair, name: str) -> None:
     prompt_texts = [m["content"] for m in messages] if messages else [pair.prompt]
     for text in [pair.chosen, pair.rejected] + prompt_texts:
         text.encode("utf-8")  # raises on a lone surrogate, which the tokenizer refuses
-    assert pair.margin is None or (type(pair.margin) is float and math.isfinite(pair.margin))
+    assert pair.strength is None or (type(pair.strength) is float and math.isfinite(pair.strength))
 
 
 def check_both(path: Path, capsys, rows: int | None = None):

@@ -18,7 +18,7 @@ ROW = {"prompt": "Say hi", "responses": ["a", "b", "c", "d"], "scores": [7, 9, 2
 
 def made(row: dict, policy: str):
     out = list_pairs(row, ORIGIN, policy)
-    return [(p.chosen, p.rejected, p.margin) for p in out.pairs], dict(out.dropped)
+    return [(p.chosen, p.rejected, p.strength) for p in out.pairs], dict(out.dropped)
 
 
 def test_best_vs_worst():
@@ -79,7 +79,7 @@ def test_ultrafeedback_completions_and_chat_prompt():
         {"model": "m2", "response": "hello there", "overall_score": 9}]}
     assert detect_shape(row, ORIGIN) == "ranked"
     out = list_pairs(row, ORIGIN)
-    assert [(p.prompt, p.chosen, p.rejected, p.margin, p.origin) for p in out.pairs] == [
+    assert [(p.prompt, p.chosen, p.rejected, p.strength, p.origin) for p in out.pairs] == [
         ("Say hi", "hello there", "hi", 1.5, "uf.jsonl:7 (completions[1] over completions[0])")]
     chat = {"prompt": [{"role": "user", "content": "Hi"}],
             "responses": [{"role": "assistant", "content": "Hello"}, "Go away"], "scores": [1, 0]}

@@ -65,9 +65,9 @@ def test_ipo_sum_hand_value():
 
 def test_odpo_hand_value_and_zero_margin_is_dpo():
     """margin m = e − 1 → offset α·log(1 + m) = 1 (α = 1); −log σ(βh − 1) = −log σ(0) = ln 2."""
-    out = run("odpo", margins=torch.tensor([math.e - 1]))
+    out = run("odpo", strengths=torch.tensor([math.e - 1]))
     assert out.losses.item() == pytest.approx(math.log(2), rel=1e-6)
-    assert torch.allclose(run("odpo", margins=torch.tensor([0.0])).losses, run("sigmoid").losses)
+    assert torch.allclose(run("odpo", strengths=torch.tensor([0.0])).losses, run("sigmoid").losses)
     with pytest.raises(ValueError):
         run("odpo")
 

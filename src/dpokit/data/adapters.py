@@ -84,7 +84,7 @@ def to_pair(value: dict, shape: str, origin: str) -> PreferencePair:
     prompt, chosen, rejected = _ADAPTERS[shape](value, origin)
     if shape in ("standard", "conversational", "openai"):
         prompt = _with_system(prompt, value, origin)
-    return PreferencePair(prompt, chosen, rejected, origin, _margin(value, origin))
+    return PreferencePair(prompt, chosen, rejected, origin, _strength(value, origin))
 
 
 def _with_system(prompt, value: dict, origin: str):
@@ -288,7 +288,8 @@ def _single_assistant(messages: tuple[dict, ...], key: str, origin: str, offset:
     return messages[0]["content"]
 
 
-def _margin(value: dict, origin: str) -> float | None:
+def _strength(value: dict, origin: str) -> float | None:
+    """The pair's preference strength: its `margin` field, or score_chosen − score_rejected."""
     if _present(value.get("margin")):
         return _number(value["margin"], "margin", origin)
     metadata = value.get("metadata")

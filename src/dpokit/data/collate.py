@@ -12,9 +12,9 @@ def _labels(pairs: list[TokenizedPair]) -> torch.Tensor | None:
     return None
 
 
-def _margins(pairs: list[TokenizedPair]) -> torch.Tensor | None:
-    if all(p.margin is not None for p in pairs):
-        return torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+def _strengths(pairs: list[TokenizedPair]) -> torch.Tensor | None:
+    if all(p.strength is not None for p in pairs):
+        return torch.tensor([p.strength for p in pairs], dtype=torch.float32)
     return None
 
 
@@ -48,7 +48,7 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
     loss_mask[:, 0] = False  # position 0 has nothing before it to predict it from
     targets = loss_mask.reshape(-1).nonzero().squeeze(-1)
     return PreferenceBatch(input_ids, attention_mask, sources=targets - 1, targets=targets, owners=targets // width,
-                           num_pairs=len(pairs), num_tokens=_num_tokens(pairs), margins=_margins(pairs),
+                           num_pairs=len(pairs), num_tokens=_num_tokens(pairs), strengths=_strengths(pairs),
                            origins=[p.origin for p in pairs], loss_mask=loss_mask, labels=_labels(pairs))
 
 
@@ -127,7 +127,7 @@ def _pack(rows: list[list[int]], pairs: list[TokenizedPair], pad_id: int) -> Pre
     visible |= torch.eye(width, dtype=torch.bool) & (q == PAD)  # padding sees itself: no all-masked rows
     return PreferenceBatch(input_ids, visible[:, None], sources=torch.tensor(sources), targets=torch.tensor(targets),
                            owners=torch.tensor(owners), num_pairs=b, num_tokens=_num_tokens(pairs),
-                           margins=_margins(pairs), origins=[p.origin for p in pairs], position_ids=position_ids,
+                           strengths=_strengths(pairs), origins=[p.origin for p in pairs], position_ids=position_ids,
                            labels=_labels(pairs))
 
 

@@ -14,8 +14,8 @@ Policies, worked on responses [a, b, c] with scores [7, 9, 2]:
   best-vs-each             b over a, b over c                    the best against every other answer
   all-pairs                b over a, a over c, b over c          every two answers that differ in score
 Answers with equal scores make no pair (a tie); two answers with the same text make none either; both are
-dropped and counted, never an error. A pair's ``margin`` is its score gap (for `odpo`); ranks and preferred-first
-lists carry none. Each pair's origin names the two answers: "uf.jsonl:7 (responses[1] over responses[2])".
+dropped and counted, never an error. A pair's preference ``strength`` is its score gap (for `odpo`); ranks and
+preferred-first lists carry none. Each pair's origin names the two answers: "uf.jsonl:7 (responses[1] over responses[2])".
 """
 from __future__ import annotations
 
@@ -70,9 +70,9 @@ def list_pairs(value: dict, origin: str, policy: str = "best-vs-worst") -> ListP
             out.dropped["duplicate"] += 1
             continue
         seen.add((chosen, rejected))
-        margin = ranked.scores[i] - ranked.scores[j] if ranked.has_gap else None
+        strength = ranked.scores[i] - ranked.scores[j] if ranked.has_gap else None
         where = f"{origin} ({ranked.field}[{i}] over {ranked.field}[{j}])"
-        out.pairs.append(PreferencePair(ranked.prompt, chosen, rejected, where, margin))
+        out.pairs.append(PreferencePair(ranked.prompt, chosen, rejected, where, strength))
     return out
 
 

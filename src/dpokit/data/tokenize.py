@@ -98,7 +98,7 @@ def tokenize_pair(tokenizer, pair: PreferencePair, *, max_length: int, max_promp
         return f"{pair.origin}: the prompt tokenizes to no tokens (nothing to predict the first answer token from)"
     if not chosen_ids or not rejected_ids:
         return f"{pair.origin}: a completion tokenizes to no tokens"
-    return TokenizedPair(tuple(prompt_ids), tuple(chosen_ids), tuple(rejected_ids), pair.origin, pair.margin, truncated,
+    return TokenizedPair(tuple(prompt_ids), tuple(chosen_ids), tuple(rejected_ids), pair.origin, pair.strength, truncated,
                          pair.label)
 
 

@@ -20,9 +20,9 @@ from .loop import pairs_reached, total_steps, train_dpo
 from .setup import finish_run, leave_nothing_on_error, start_run, summary_tail
 
 
-def check_margins(config: DPOConfig, pairs) -> None:
-    if any(LOSSES[name].needs_margins for name, _ in loss_terms(config.loss, config.loss_weights)):
-        missing = [p.origin for p in pairs if p.margin is None]
+def check_strengths(config: DPOConfig, pairs) -> None:
+    if any(LOSSES[name].needs_strengths for name, _ in loss_terms(config.loss, config.loss_weights)):
+        missing = [p.origin for p in pairs if p.strength is None]
         if missing:
             raise UserError(f"{missing[0]}: the {config.loss} loss needs a per-pair `margin` (or score_chosen/"
                             f"score_rejected); {len(missing)} pairs have none")
@@ -112,7 +112,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
     # Data first: every data problem surfaces before minutes go into loading a model.
     with leave_nothing_on_error(config, run_dir, existed, main):
         data = prepare_preference_data(config, tokenizer)
-        check_margins(config, data.train + data.eval)
+        check_strengths(config, data.train + data.eval)
         check_sizes(config, data)
 
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path

@@ -15,15 +15,15 @@ from ..types import LossOutput, PreferenceBatch, SequenceBatch, TokenizedExample
 from .metrics import METRIC_KEYS, pair_metrics
 
 
-def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, margins, config, labels=None) -> LossOutput:
+def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, strengths, config, labels=None) -> LossOutput:
     """Σ w_k · loss_k over the terms of ``config.loss`` (one, or several by --loss-weights), per pair; rewards and
     extras from the first term that defines rewards. Each loss gets only the settings its LossSpec names."""
     total, shown, extras = None, None, {}
     for name, weight in loss_terms(config.loss, config.loss_weights):
         spec = LOSSES[name]
         settings = {key: getattr(config, key) for key in spec.settings}
-        if spec.needs_margins:
-            settings["margins"] = margins
+        if spec.needs_strengths:
+            settings["strengths"] = strengths
         if spec.needs_labels:
             settings["labels"] = labels
         out = spec.fn(policy, None if spec.reference_free else reference_logps, beta=config.beta, **settings)
@@ -40,7 +40,7 @@ def objective(policy_model, reference_logps: PairLogps | None, batch: Preference
     `reference_logps` is None for reference-free losses.
     """
     policy = PairLogps(*policy_model(batch))
-    out = combined_loss(policy, reference_logps, batch.margins, config, batch.labels)
+    out = combined_loss(policy, reference_logps, batch.strengths, config, batch.labels)
     losses = out.losses
     if config.sft_weight:
         losses = losses + config.sft_weight * chosen_nll(policy)
