@@ -192,7 +192,6 @@ LossFn = Callable[..., LossOutput]
 @dataclass(frozen=True)
 class LossSpec:
     fn: LossFn
-    uses_label_smoothing: bool = False
     needs_strengths: bool = False  # reads each pair's preference strength (the data's `margin`)
     summary: str = ""
     settings: tuple[str, ...] = ()  # config fields passed to `fn` by name, besides beta
@@ -200,21 +199,26 @@ class LossSpec:
     rewards: bool = True  # False: the term defines no rewards (sft)
     extras: tuple[str, ...] = ()  # per-pair metrics it adds under these names
     needs_labels: bool = False  # trains on unpaired thumbs-up/down feedback (data/feedback.py), not on pairs
+    starts_at_ln2: bool = False  # policy = reference gives loss ln 2 (the not-learning check measures from there)
+
+    @property
+    def uses_label_smoothing(self) -> bool:
+        return "label_smoothing" in self.settings
 
 
 LOSSES: dict[str, LossSpec] = {
-    "sigmoid": LossSpec(sigmoid_loss, uses_label_smoothing=True, settings=("label_smoothing",),
+    "sigmoid": LossSpec(sigmoid_loss, settings=("label_smoothing",), starts_at_ln2=True,
                         summary="DPO (eq. 7); with --label-smoothing it is cDPO"),
-    "cdpo": LossSpec(sigmoid_loss, uses_label_smoothing=True, settings=("label_smoothing",),
+    "cdpo": LossSpec(sigmoid_loss, settings=("label_smoothing",), starts_at_ln2=True,
                      summary="conservative DPO: ε-mixed labels (--label-smoothing)"),
-    "robust": LossSpec(robust_loss, uses_label_smoothing=True, settings=("label_smoothing",),
+    "robust": LossSpec(robust_loss, settings=("label_smoothing",), starts_at_ln2=True,
                        summary="robust DPO: unbiased under label-flip rate ε"),
     "hinge": LossSpec(hinge_loss, summary="SLiC hinge: max(0, 1 − βh)"),
     "ipo": LossSpec(ipo_loss, summary="IPO on per-token-averaged log-ratios (as TRL)"),
     "ipo_sum": LossSpec(ipo_sum_loss, summary="IPO on summed log-ratios (as the reference DPO code)"),
     "odpo": LossSpec(odpo_loss, needs_strengths=True, settings=("odpo_alpha",),
                      summary="DPO with an offset from per-pair margins"),
-    "simpo": LossSpec(simpo_loss, uses_label_smoothing=True, settings=("label_smoothing", "gamma"), reference_free=True,
+    "simpo": LossSpec(simpo_loss, settings=("label_smoothing", "gamma"), reference_free=True,
                       summary="SimPO: length-normalised log-probs with a target margin γ, no reference"),
     "orpo": LossSpec(orpo_loss, settings=("orpo_lambda",), reference_free=True,
                      extras=("log_odds_ratio", "log_odds_chosen"),
@@ -259,14 +263,25 @@ def loss_terms(loss: str, weights: str | None = None) -> tuple[tuple[str, float]
     return tuple(zip(names, values))
 
 
+def _specs(loss: str) -> list[LossSpec]:
+    """The registered terms of ``loss`` (one name or a combination); unknown names are loss_terms' to refuse."""
+    return [LOSSES[n.strip()] for n in loss.split(",") if n.strip() in LOSSES]
+
+
 def is_feedback_loss(loss: str) -> bool:
     """Whether ``loss`` trains on unpaired feedback (kto) rather than on pairs."""
-    return any(LOSSES[n.strip()].needs_labels for n in loss.split(",") if n.strip() in LOSSES)
+    return any(spec.needs_labels for spec in _specs(loss))
 
 
 def needs_reference(loss: str) -> bool:
-    """Whether any term of ``loss`` (one name or a combination) compares against a reference model."""
-    return any(not LOSSES[n.strip()].reference_free for n in loss.split(",") if n.strip() in LOSSES)
+    """Whether any term of ``loss`` compares against a reference model."""
+    return any(not spec.reference_free for spec in _specs(loss))
+
+
+def starts_at_ln2(loss: str) -> bool:
+    """Whether ``loss`` is one term that equals ln 2 while the policy equals its reference (sigmoid, cdpo, robust)."""
+    specs = _specs(loss)
+    return len(specs) == 1 and specs[0].starts_at_ln2
 
 
 LN2 = math.log(2.0)

@@ -12,7 +12,7 @@ from ..config import DPOConfig, dump_config
 from ..data.collate import collator
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
-from ..losses import LN2, LOSSES, loss_terms, needs_reference
+from ..losses import LN2, LOSSES, loss_terms, needs_reference, starts_at_ln2
 from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, resolve_model_path
 from ..reference import AdaptersOffReference, LiveReference
 from ..eval.intervals import verdict
@@ -192,7 +192,7 @@ def format_summary(s: dict) -> str:
             shown = f"   95% interval {interval[0]:.4f} – {interval[1]:.4f}" if interval else ""
             lines.append(f"    {label:<22}{start.get(key, float('nan')):>8.4f}{end[key]:>8.4f}{shown}")
         if s.get("reference") != "none":
-            plain = f"loss ln 2 = {LN2:.4f}, " if s.get("loss", "sigmoid") in ("sigmoid", "cdpo", "robust") else ""
+            plain = f"loss ln 2 = {LN2:.4f}, " if starts_at_ln2(s.get("loss", "sigmoid")) else ""
             lines.append(f"  (at the start the policy equals the reference: {plain}every margin 0; "
                          "a tie counts as a wrong answer, so accuracy starts at 0)")
         else:

@@ -195,9 +195,7 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     start_step = resumed["step"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
-    watch = OverfitWatch.for_run(config, resumed)
-    if getattr(config, "loss", None) in ("sigmoid", "cdpo", "robust") and not getattr(config, "sft_weight", 0):
-        watch.total_steps = steps  # these start at ln 2: the not-learning check applies
+    watch = OverfitWatch.for_run(config, resumed, total_steps=steps)
 
     def after_eval(step: int, metrics: dict) -> list[str]:
         """Warnings to show; with --early-stop the best model so far goes to OUTPUT/best."""

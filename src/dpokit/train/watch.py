@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses import is_feedback_loss, needs_reference
+from ..losses import LN2, is_feedback_loss, needs_reference, starts_at_ln2
 
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-LN2 = 0.6931471805599453
 STUCK = 0.005  # a loss this close to ln 2 has not moved from where DPO starts
 
 
@@ -132,13 +131,16 @@ class OverfitWatch:
     fired: set = field(default_factory=set)  # each kind of warning is given once per run
 
     @classmethod
-    def for_run(cls, config, resumed: dict) -> "OverfitWatch":
-        """The watch of one run; after --resume, --early-stop's best so far comes back from the checkpoint."""
+    def for_run(cls, config, resumed: dict, total_steps: int | None = None) -> "OverfitWatch":
+        """The watch of one run; after --resume, --early-stop's best so far comes back from the checkpoint. The
+        not-learning and memorising checks apply to losses that start at ln 2 (one of sigmoid, cdpo, robust, with no
+        --sft-weight added)."""
         # The chosen-drop check reads rewards as β·(log π − log π_ref): only losses with a reference have such rewards.
         loss = getattr(config, "loss", "")
         beta = getattr(config, "beta", None) if needs_reference(loss) and not is_feedback_loss(loss) else None
-        watch = cls(patience=config.patience, beta=beta,
-                    chosen_drop=getattr(config, "warn_chosen_drop", 5.0))
+        from_ln2 = starts_at_ln2(loss) and not getattr(config, "sft_weight", 0)
+        watch = cls(patience=config.patience, beta=beta, chosen_drop=getattr(config, "warn_chosen_drop", 5.0),
+                    total_steps=total_steps if from_ln2 else None)
         if resumed.get("best_eval_loss") is not None:
             watch.best_loss, watch.best_step = resumed["best_eval_loss"], resumed["best_step"]
         return watch
