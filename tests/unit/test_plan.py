@@ -133,7 +133,6 @@ def test_meta_device_leaves_no_real_tensors(tmp_path):
     assert torch.empty(0).device == before  # the meta device context did not leak
 
 
-
 def test_a_reference_free_loss_plans_no_reference_copy_and_no_reference_pass(shape):
     live = PlanSettings(gpus=1, reference_cache="off")
     assert make_plan(shape, live).parts["reference"] > 0

@@ -246,6 +246,16 @@ def _text(raw: Any, field: str, origin: str) -> str:
     return raw
 
 
+def text_or_messages(value: dict, key: str, origin: str):
+    """Field ``key`` as a prompt: chat messages when it is a message list (or JSON text of one), else text."""
+    if _message_list(value[key]) is None:
+        return _text(value[key], key, origin)
+    prompt = _messages(value[key], key, origin)
+    if not prompt:
+        raise RowError(origin, key, f"field '{key}' is an empty message list")
+    return prompt
+
+
 def _message_list(raw: Any) -> list | None:
     """``raw`` as a list if it is one, or is JSON text of a list of objects (a CSV cell); else None."""
     if isinstance(raw, list):

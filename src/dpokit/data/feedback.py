@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..types import PreferencePair
-from .adapters import RowError, _describe, _message_list, _messages, _single_assistant, _text, _with_system
+from .adapters import (RowError, _describe, _messages, _single_assistant, _text, _with_system, detect_shape,
+                       text_or_messages)
 from .columns import ColumnMap
 from .io import read_records
-from .validate import Problem, count_dropped, row_pairs, stop_on_problems
+from .validate import Problem, _shape_problem, count_dropped, row_pairs, stop_on_problems
 
 _TRUE = {"true", "1", "up", "yes", "good", "thumbs_up", "👍"}
 _FALSE = {"false", "0", "down", "no", "bad", "thumbs_down", "👎"}
@@ -75,9 +76,7 @@ def to_feedback(value: dict, origin: str) -> FeedbackExample:
     key = "prompt" if "prompt" in value else "messages" if "messages" in value else None
     if key is None:
         raise RowError(origin, "prompt", "missing field 'prompt' (shape 'unpaired' needs prompt, completion, label)")
-    prompt = _messages(value[key], key, origin) if _message_list(value[key]) is not None else _text(value[key], key,
-                                                                                                  origin)
-    prompt = _with_system(prompt, value, origin)
+    prompt = _with_system(text_or_messages(value, key, origin), value, origin)
     raw = value["completion"]
     if isinstance(raw, str):
         completion = _text(raw, "completion", origin)
@@ -94,7 +93,7 @@ def load_feedback(path: str | Path, *, skip_invalid: bool = False, columns: Colu
     for record in records:
         try:
             value = record.value if columns is None else columns.map_row(record.value, record.origin)
-            if isinstance(value, dict) and "completion" in value and "label" in value:
+            if detect_shape(value, record.origin) == "unpaired":
                 shape, made = "unpaired", [to_feedback(value, record.origin)]
             else:
                 shape, found, _ = row_pairs(value, record.origin, pairs)
@@ -104,9 +103,9 @@ def load_feedback(path: str | Path, *, skip_invalid: bool = False, columns: Colu
             report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
             continue
         report.shape = report.shape or shape
-        if shape != report.shape:
-            report.problems.append(Problem(record.origin, None, f"row shape '{shape}' differs from the file's shape "
-                                                                f"'{report.shape}'", "shape"))
+        mixed = _shape_problem(record.origin, shape, report.shape)
+        if mixed is not None:
+            report.problems.append(mixed)
             continue
         for example in made:
             if example.completion.strip():

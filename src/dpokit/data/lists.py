@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..types import PreferencePair
-from .adapters import RowError, _describe, _message_list, _messages, _number, _text
+from .adapters import RowError, _describe, _messages, _number, _text, text_or_messages
 
 POLICIES = ("best-vs-worst", "best-vs-each", "all-pairs")
 _PROMPT_KEYS = ("prompt", "messages", "instruction")
@@ -34,12 +34,12 @@ _SCORE_KEYS = ("overall_score", "score")
 
 @dataclass
 class Ranked:
-    """One row's answers in list order and their preference: ``better(i, j)`` is True when answer i is preferred."""
+    """One row's answers in list order, each with a score where higher is preferred."""
 
     prompt: Any
     answers: list[str]
-    scores: list[float] | None  # higher is better; ranks are stored negated, preferred-first as -position
-    has_gap: bool  # True when scores are real scores (their gap is a margin)
+    scores: list[float]  # higher is better; ranks are stored negated, preferred-first as -position
+    has_gap: bool  # True when scores are real scores (their gap is the pair's preference strength)
     field: str
 
 
@@ -117,12 +117,7 @@ def _prompt(value: dict, origin: str):
     if key is None:
         raise RowError(origin, "prompt", "missing field 'prompt' (a ranked list needs prompt, messages or "
                                          "instruction, and responses or completions)")
-    if _message_list(value[key]) is not None:
-        prompt = _messages(value[key], key, origin)
-        if not prompt:
-            raise RowError(origin, key, f"field '{key}' is an empty message list")
-        return prompt
-    return _text(value[key], key, origin)
+    return text_or_messages(value, key, origin)
 
 
 def _answers(raw: Any, key: str, origin: str) -> list[str]:

@@ -32,15 +32,20 @@ def resolve_data_path(spec: str) -> Path:
 
 def reading(config) -> dict:
     """How a run reads its rows (a column mapping, a list policy), as keyword arguments of the loaders."""
-    return {"columns": parse_columns(getattr(config, "columns", None), "config: columns"),
-            "pairs": getattr(config, "pairs", "best-vs-worst")}
+    return {"columns": parse_columns(config.columns, "config: columns"), "pairs": config.pairs}
 
 
-def data_summary(path: str, report) -> dict:
-    """What summary.json says of one loaded file: shape, rows, dropped rows by kind, the mapping, ranked lists."""
+def file_summary(path: str, report) -> dict:
+    """What summary.json says of any loaded file: shape, rows, dropped rows by kind, and the mapping if any."""
     summary = {"path": path, "shape": report.shape, "rows": report.num_rows, "dropped": report.dropped_counts()}
     if report.columns is not None:
         summary["columns"] = report.columns.spec
+    return summary
+
+
+def data_summary(path: str, report) -> dict:
+    """A pair file's summary: the file's, and what its ranked lists made."""
+    summary = file_summary(path, report)
     lists = list_summary(report)
     if lists is not None:
         summary["lists"] = lists
@@ -95,17 +100,19 @@ def tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary: dict | 
 
 
 def feedback_summary(path: str, report) -> dict:
-    return {"path": path, "shape": report.shape, "rows": report.num_rows, "dropped": report.dropped_counts(),
+    """A feedback file's summary: the file's, and its thumbs-up and thumbs-down counts."""
+    return {**file_summary(path, report),
             "feedback": {"desirable": report.desirable, "undesirable": len(report.examples) - report.desirable}}
 
 
 def load_both(config, load, describe) -> tuple:
     """(train report, held-out report or None, summary) of --data and --eval-data, read the run's way."""
-    train = load(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **reading(config))
+    read = reading(config)
+    train = load(resolve_data_path(config.data), skip_invalid=config.skip_invalid, **read)
     summary = {"data": describe(config.data, train)}
     held = None
     if config.eval_data:
-        held = load(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid, **reading(config))
+        held = load(resolve_data_path(config.eval_data), skip_invalid=config.skip_invalid, **read)
         summary["eval_data"] = describe(config.eval_data, held)
     return train, held, summary
 

@@ -55,6 +55,10 @@ class LoadReport:
     def dropped_counts(self) -> dict[str, int]:
         return count_dropped(self.problems)
 
+    def list_drops(self) -> dict[str, int]:
+        """Pairs the ranked lists did not make, by reason (tie, identical, duplicate)."""
+        return {k: v for k, v in sorted(self.lists.items()) if k not in ("rows", "pairs")}
+
 
 def stop_on_problems(path, problems: list[Problem], kept: list, num_rows: int, what: str, skip_invalid: bool) -> None:
     """The rule of every loader but the pair one: the first problem stops the load (unless ``skip_invalid``), and a
@@ -172,17 +176,15 @@ def _raise_if_unusable(report: LoadReport, skip_invalid: bool) -> None:
 
 
 def _list_drops(report: LoadReport) -> str:
-    drops = {k: v for k, v in report.lists.items() if k not in ("rows", "pairs")}
-    return ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
+    return ", ".join(f"{k} {v}" for k, v in report.list_drops().items()) or "none"
 
 
 def list_summary(report: LoadReport) -> dict | None:
     """Ranked rows read, pairs made and pairs dropped by reason (for summary.json), or None without ranked rows."""
     if not report.lists:
         return None
-    drops = {k: v for k, v in sorted(report.lists.items()) if k not in ("rows", "pairs")}
     return {"policy": report.pairing, "rows": report.lists["rows"], "pairs": report.lists["pairs"],
-            "dropped": drops}
+            "dropped": report.list_drops()}
 
 
 def format_report(report: LoadReport, token_stats: dict | None = None) -> str:

@@ -176,10 +176,6 @@ def format_summary(s: dict) -> str:
     dropped = {k: v for k, v in s["data"]["dropped"].items() if v}
     if dropped:
         lines.append(f"  dropped rows: {dropped}")
-    lists = s["data"].get("lists")
-    if lists:
-        lines.append(f"  ranked lists: {lists['rows']} rows → {lists['pairs']} pairs ({lists['policy']}); "
-                     f"dropped: {lists['dropped'] or 'none'}")
     trunc = {k: v for k, v in s["tokenization"].items() if v}
     if trunc:
         lines.append(f"  tokenization: {trunc}")

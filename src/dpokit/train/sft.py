@@ -23,11 +23,11 @@ from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by 
 
 
 def load_examples(config: SFTConfig, path: str):
+    read = reading(config)
     if isinstance(config, CoHConfig):
         return load_coh_examples(resolve_data_path(path), config.positive, config.negative,
-                                 skip_invalid=config.skip_invalid, **reading(config))
-    return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid,
-                             columns=reading(config)["columns"])
+                                 skip_invalid=config.skip_invalid, **read)
+    return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid, columns=read["columns"])
 
 
 def prepare_sft_data(config: SFTConfig, tokenizer):
