@@ -21,7 +21,7 @@ from .adapters import (RowError, _describe, _messages, _single_assistant, _text,
                        text_or_messages)
 from .columns import ColumnMap
 from .io import read_records
-from .validate import Problem, _shape_problem, count_dropped, row_pairs, stop_on_problems
+from .validate import Problem, adapted_rows, count_dropped, row_pairs, stop_on_problems
 
 _TRUE = {"true", "1", "up", "yes", "good", "thumbs_up", "👍"}
 _FALSE = {"false", "0", "down", "no", "bad", "thumbs_down", "👎"}
@@ -90,23 +90,14 @@ def load_feedback(path: str | Path, *, skip_invalid: bool = False, columns: Colu
     """Every row of ``path`` as feedback: unpaired rows as they are, pairs (or ranked lists, by ``pairs``) in two."""
     records = read_records(path)
     report = FeedbackReport(str(path), None, [], len(records), columns=columns)
-    for record in records:
-        try:
-            value = record.value if columns is None else columns.map_row(record.value, record.origin)
-            if detect_shape(value, record.origin) == "unpaired":
-                shape, made = "unpaired", [to_feedback(value, record.origin)]
-            else:
-                shape, found, _ = row_pairs(value, record.origin, pairs)
-                made = [e for pair in found for e in split_pair(pair)]
-        except RowError as e:
-            e = e if columns is None else columns.explain(e)
-            report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
-            continue
-        report.shape = report.shape or shape
-        mixed = _shape_problem(record.origin, shape, report.shape)
-        if mixed is not None:
-            report.problems.append(mixed)
-            continue
+
+    def adapt(value, origin: str):
+        if detect_shape(value, origin) == "unpaired":
+            return "unpaired", [to_feedback(value, origin)]
+        shape, found, _ = row_pairs(value, origin, pairs)
+        return shape, [e for pair in found for e in split_pair(pair)]
+
+    for _, made in adapted_rows(records, report, columns, adapt):
         for example in made:
             if example.completion.strip():
                 report.examples.append(example)

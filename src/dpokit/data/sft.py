@@ -20,7 +20,7 @@ from .columns import ColumnMap
 from .feedback import is_feedback_label
 from .io import read_records
 from .lists import best_answer
-from .validate import Problem, _shape_problem, load_pairs, stop_on_problems
+from .validate import Problem, adapted_rows, load_pairs, stop_on_problems
 
 
 @dataclass
@@ -106,20 +106,13 @@ def load_sft_examples(path: str | Path, *, skip_invalid: bool = False,
     """Read, map and adapt every row; a problem stops the load naming file:line and field, unless `skip_invalid`."""
     records = read_records(path)
     report = SFTLoadReport(str(path), None, [], len(records))
-    for record in records:
-        try:
-            value = record.value if columns is None else columns.map_row(record.value, record.origin)
-            shape = sft_shape(value, record.origin)
-            example = to_example(value, shape, record.origin)
-        except RowError as e:
-            e = e if columns is None else columns.explain(e)
-            report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
-            continue
-        report.shape = report.shape or shape
-        mixed = _shape_problem(record.origin, shape, report.shape)
-        if mixed:
-            report.problems.append(mixed)
-        elif not example.answer.strip():
+
+    def adapt(value, origin: str):
+        shape = sft_shape(value, origin)
+        return shape, to_example(value, shape, origin)
+
+    for record, example in adapted_rows(records, report, columns, adapt):
+        if not example.answer.strip():
             report.problems.append(Problem(record.origin, None, "the answer is empty", "empty_completion"))
         else:
             report.examples.append(example)

@@ -88,31 +88,46 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, columns: ColumnM
     records = read_records(path)
     report = LoadReport(str(path), None, [], len(records), columns=columns)
     seen: dict[tuple, str] = {}  # pair key -> origin of the first kept row that had it
-    for record in records:
-        try:
-            value = record.value if columns is None else columns.map_row(record.value, record.origin)
-            if report.first_mapped is None and columns is not None:
-                report.first_mapped = value
-            shape, made, dropped = row_pairs(value, record.origin, pairs)
-        except RowError as e:
-            e = e if columns is None else columns.explain(e)
-            report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
-            continue
+
+    def adapt(value, origin: str):
+        if report.first_mapped is None and columns is not None:
+            report.first_mapped = value
+        shape, made, dropped = row_pairs(value, origin, pairs)
         if shape == "ranked":
             report.pairing = pairs
             report.lists.update({"rows": 1, "pairs": len(made), **dropped})
-        report.shape = report.shape or shape  # the first valid row sets the file's shape
-        mixed = _shape_problem(record.origin, shape, report.shape)
-        for pair in made if mixed is None else ():
+        return shape, made
+
+    for _, made in adapted_rows(records, report, columns, adapt):
+        for pair in made:
             problem = _check(pair, seen)
             if problem is None:
                 report.pairs.append(pair)
             else:
                 report.problems.append(problem)
-        if mixed is not None:
-            report.problems.append(mixed)
     _raise_if_unusable(report, skip_invalid)
     return report
+
+
+def adapted_rows(records, report, columns: ColumnMap | None, adapt):
+    """(record, what ``adapt(value, origin)`` made) for each row that maps and adapts, in the file's shape.
+
+    The loop every loader shares: a RowError becomes an "invalid" problem (naming the user's mapped path), and a row
+    of another shape than the file's first valid row a "shape" problem; ``report`` collects problems and the shape."""
+    for record in records:
+        try:
+            value = record.value if columns is None else columns.map_row(record.value, record.origin)
+            shape, made = adapt(value, record.origin)
+        except RowError as e:
+            e = e if columns is None else columns.explain(e)
+            report.problems.append(Problem(e.origin, e.field, e.detail, "invalid"))
+            continue
+        report.shape = report.shape or shape  # the first valid row sets the file's shape
+        mixed = _shape_problem(record.origin, shape, report.shape)
+        if mixed is not None:
+            report.problems.append(mixed)
+            continue
+        yield record, made
 
 
 def row_pairs(value, origin: str, policy: str = "best-vs-worst") -> tuple[str, list[PreferencePair], Counter]:
