@@ -74,7 +74,11 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
     for key, label in (("eval/loss", "held-out loss"), ("eval/rewards/accuracies", "held-out reward accuracy"),
                        ("eval/rewards/margins", "held-out reward margin"), ("eval/logps/chosen", "held-out log π(chosen)")):
         if key in end:
-            rows.append((label, f"{start.get(key, float('nan')):.4f} → {end[key]:.4f}"))
+            interval = end.get(key + "_ci")
+            shown = f" (95% interval {interval[0]:.4f} – {interval[1]:.4f}, {end['eval/pairs']} pairs)" if interval else ""
+            rows.append((label, f"{start.get(key, float('nan')):.4f} → {end[key]:.4f}{shown}"))
+    if summary.get("verdict"):
+        rows.append(("verdict", summary["verdict"]))
     for key, label in (("steps", "steps"), ("train_tokens", "training tokens"), ("tokens_per_s", "tokens/s"),
                        ("peak_rss_mb", "peak RSS (MB)"), ("wall_seconds", "wall time (s)"), ("best_step", "best step"),
                        ("output", "model")):

@@ -49,6 +49,7 @@ def test_report_html_renders_in_chromium_with_its_plots(early_run, tmp_path):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert 'data-images-loaded="1"' in dom.stdout  # the browser decoded the embedded plot
     assert "held-out reward accuracy" in dom.stdout and "learning_rate" in dom.stdout
+    assert "95% interval" in dom.stdout and "Held-out preference" in dom.stdout  # intervals and the verdict
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, "--window-size=1200,1400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
