@@ -248,12 +248,18 @@ def load_policy(path: Path, config, dtype: str):
         model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
         if not config.lora_r:  # full fine-tuning from an adapter: fold it into the weights first
             model = model.merge_and_unload()
-    elif config.lora_r:
+    return prepare_policy(model, config, base_path, new_adapters=not continuing)
+
+
+def prepare_policy(model, config, base_path: Path | None, *, new_adapters: bool = True):
+    """New LoRA adapters (with --lora-r) and gradient checkpointing on a loaded model: the part of load_policy a
+    model object from the Python API goes through too. `base_path`: the base's folder (None for a model object)."""
+    if config.lora_r and new_adapters:
         from peft import get_peft_model
 
         torch.manual_seed(config.seed)  # the adapters' random init is part of the run: same seed, same run
         model = get_peft_model(model, lora_config(config))
-    if hasattr(model, "peft_config"):
+    if hasattr(model, "peft_config") and base_path is not None:
         for adapter in model.peft_config.values():  # so the saved adapter finds its base from anywhere
             adapter.base_model_name_or_path = str(Path(base_path).resolve())
     if config.gradient_checkpointing:
@@ -265,6 +271,11 @@ def load_policy(path: Path, config, dtype: str):
         else:
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 → "bfloat16", as --dtype spells it."""
+    return next((name for name, value in DTYPES.items() if value == dtype), str(dtype).removeprefix("torch."))
 
 
 def is_peft(model) -> bool:
