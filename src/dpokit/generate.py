@@ -1,9 +1,9 @@
 """Batched, seeded sampling from a local model (full folder or LoRA adapter): used by generate, chat and eval.
 
-A prompt is a string or a list of chat messages ({"role", "content"}). It is rendered with the tokenizer's chat
-template (generation prompt added) when the tokenizer has one, as plain text otherwise (or, for strings, when asked:
-`template=False`, the way training treats plain-text pairs). Batches are left-padded so every completion starts
-right after its own prompt; temperature 0 is greedy decoding.
+A prompt is a string or a list of chat messages ({"role", "content"}). It is rendered (data/templates) with the
+tokenizer's chat template (generation prompt added) when the tokenizer has one, as plain text otherwise (or, for
+strings, when asked: `template=False`, the way training treats plain-text pairs). Batches are left-padded so every
+completion starts right after its own prompt; temperature 0 is greedy decoding.
 """
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable
 
 import torch
 
+from .data.templates import Prompt, render_prompt, templated  # chat.py imports render_prompt from here
 from .errors import DataError, UserError
 from .models import adapter_base, is_adapter_dir, load_tokenizer, resolve_model_path  # noqa: F401
-
-Prompt = Union[str, list]  # a string, or [{"role": ..., "content": ...}, ...]
 
 COH_FILE = "dpokit_coh.json"
 COH_DEFAULTS = {"positive": "A helpful answer:", "negative": "An unhelpful answer:"}
@@ -75,27 +74,6 @@ def load_for_generation(spec: str | Path, *, trust_remote_code: bool = False, al
 
 
 # ---- prompts ------------------------------------------------------------------------------------------------------
-
-def templated(tokenizer, prompt: Prompt, template: bool = True) -> bool:
-    """Whether `prompt` goes through the chat template: messages always (when there is one), text unless
-    `template` is False (plain-text prompts as dpokit trains on plain-text pairs)."""
-    return bool(getattr(tokenizer, "chat_template", None)) and (template or not isinstance(prompt, str))
-
-
-def render_prompt(tokenizer, prompt: Prompt, *, template: bool = True) -> str:
-    """The text the model continues: chat template + generation prompt when the tokenizer has a template.
-
-    render_prompt(chatml_tokenizer, "Hi")                 → '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
-    render_prompt(chatml_tokenizer, "Hi", template=False) → 'Hi'
-    render_prompt(plain_tokenizer, "Hi")                  → 'Hi'
-    """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if templated(tokenizer, prompt, template):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if isinstance(prompt, str):
-        return prompt
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-
 
 def check_prompt(value: Any, origin: str, field: str = "prompt") -> Prompt:
     """A prompt as read from a file, or DataError naming file:line and field."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DataError
 from ..types import PreferencePair, SFTExample, TokenizedExample, TokenizedPair
+from .templates import has_template, render_chat
 
 
 @dataclass
@@ -28,14 +29,6 @@ class TokenizeReport:
 
 def _ids(tokenizer, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
-
-
-def _render_chat(tokenizer, messages, answer: str | None) -> str:
-    msgs = [dict(m) for m in messages]
-    if answer is None:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    msgs.append({"role": "assistant", "content": answer})
-    return tokenizer.apply_chat_template(msgs, tokenize=False)
 
 
 def _completion_ids(tokenizer, prompt_text: str, prompt_ids: list[int], completion_text: str, *, special: bool,
@@ -56,13 +49,13 @@ def _texts(tokenizer, pair: PreferencePair):
     """(prompt_text, chosen_text, rejected_text, is_chat)."""
     if not pair.is_conversational:
         return pair.prompt, pair.chosen, pair.rejected, False
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_template(tokenizer):
         raise DataError(f"{pair.origin}: conversational pair, but the tokenizer has no chat template; "
                         "use plain-text prompts or a model whose tokenizer_config.json has a chat_template")
-    prompt_text = _render_chat(tokenizer, pair.prompt, None)
+    prompt_text = render_chat(tokenizer, pair.prompt)
     completions = []
     for answer in (pair.chosen, pair.rejected):
-        full = _render_chat(tokenizer, pair.prompt, answer)
+        full = render_chat(tokenizer, pair.prompt, answer)
         if not full.startswith(prompt_text):
             raise DataError(f"{pair.origin}: the chat template renders the prompt differently with and without "
                             "the answer, so prompt tokens are not a prefix of prompt+answer")
@@ -123,11 +116,11 @@ def _example_pieces(tokenizer, example: SFTExample) -> tuple[str, list[tuple[str
     writes after the answer (end-of-turn tokens) is trained, so the model learns to stop."""
     if not example.is_conversational:
         return example.prompt, list(example.segments), False
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_template(tokenizer):
         raise DataError(f"{example.origin}: conversational example, but the tokenizer has no chat template; "
                         "use plain-text prompts or a model whose tokenizer_config.json has a chat_template")
-    prompt_text = _render_chat(tokenizer, example.prompt, None)
-    full = _render_chat(tokenizer, example.prompt, example.answer)
+    prompt_text = render_chat(tokenizer, example.prompt)
+    full = render_chat(tokenizer, example.prompt, example.answer)
     at = full.find(example.answer, len(prompt_text)) if full.startswith(prompt_text) else -1
     if at < 0:
         raise DataError(f"{example.origin}: the chat template does not render the prompt as a prefix of prompt + "

@@ -17,14 +17,13 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 
+from ..data.templates import Prompt, render_chat, templated
 from ..errors import UserError
 from .samples import response_logps_ids
-
-Prompt = Union[str, list]
 
 
 @dataclass
@@ -76,11 +75,8 @@ class ClassifierReward:
     batch_size: int = 8
 
     def text(self, sample: Sample) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": sample.prompt}] if isinstance(sample.prompt, str) \
-                else [dict(m) for m in sample.prompt]
-            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": sample.response}],
-                                                      tokenize=False)
+        if templated(self.tokenizer, sample.prompt):
+            return render_chat(self.tokenizer, sample.prompt, sample.response)
         return plain_prompt(sample.prompt) + sample.response
 
     @torch.no_grad()
