@@ -2,9 +2,9 @@ from collections import Counter
 
 import pytest
 
-from dpokit.data.tokenize import tokenize_pair, tokenize_pairs
+from dpokit.data.tokenize import fit_lengths, tokenize_example, tokenize_pair, tokenize_pairs
 from dpokit.errors import DataError
-from dpokit.types import PreferencePair
+from dpokit.types import PreferencePair, SFTExample
 
 
 def tok_pair(tokenizer, pair, max_length=512, max_prompt_length=256):
@@ -47,3 +47,23 @@ def test_prompt_alone_too_long_is_reported_or_dropped(tiny_tokenizer):
         tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=False)
     report = tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=True)
     assert report.pairs == [] and report.counts["dropped_too_long"] == 1
+
+
+def test_fit_lengths_cuts_the_prompt_start_first_then_the_answer_end():
+    assert fit_lengths(10, 20, max_length=40, max_prompt_length=16) is None  # fits: nothing cut
+    assert fit_lengths(30, 20, max_length=40, max_prompt_length=16) == (16, 24)  # 16 + 20 ≤ 40: the answer is whole
+    assert fit_lengths(30, 20, max_length=40, max_prompt_length=25) == (25, 15)  # 25 + 20 > 40: 5 answer tokens go
+    assert fit_lengths(30, 20, max_length=40, max_prompt_length=None) == (30, 10)  # no prompt cap: all cut from answer
+    assert fit_lengths(50, 5, max_length=40, max_prompt_length=None) == (50, -10)  # the prompt alone is too long
+
+
+def test_pairs_and_sft_examples_truncate_by_the_same_policy(tiny_tokenizer):
+    prompt = "\n\nHuman: " + "one two three four five six seven eight nine ten " * 6 + "\n\nAssistant:"
+    answer = " " + "alpha beta gamma delta " * 10
+    for max_prompt_length in (16, 30):
+        pair, _ = tok_pair(tiny_tokenizer, PreferencePair(prompt, answer, " short", "x:1"), max_length=40,
+                           max_prompt_length=max_prompt_length)
+        example = tokenize_example(tiny_tokenizer, SFTExample(prompt, ((answer, True),), "x:1"), max_length=40,
+                                   max_prompt_length=max_prompt_length, counts=Counter())
+        assert pair.prompt_ids + pair.chosen_ids == example.input_ids
+        assert example.trained == (False,) * max_prompt_length + (True,) * (40 - max_prompt_length)

@@ -1,4 +1,4 @@
-"""Pair → token ids, with one truncation policy.
+"""Pair (or SFT example) → token ids, with one truncation policy.
 
 Plain-text pairs: prompt + completion is tokenized as one string, then EOS is appended. Conversational
 pairs: the chat template renders prompt (with the generation prompt) and prompt + assistant answer; the
@@ -6,9 +6,9 @@ completion is the text the answer adds. Either way the prompt's tokens must be a
 full sequence's tokens; where a tokenizer or template breaks that at the boundary, the pair is tokenized
 as prompt ids + completion ids (tokenized alone) and counted as ``boundary_retokenized``.
 
-Truncation (as the reference DPO implementation): if prompt + longer completion exceeds ``max_length``,
-first cut the prompt from its START to ``max_prompt_length`` tokens (the last turns matter most), then
-cut each completion from its END to fit ``max_length``.
+Truncation (as the reference DPO implementation; ``fit_lengths`` for pairs and SFT examples alike): if prompt +
+longer completion exceeds ``max_length``, first cut the prompt from its START to ``max_prompt_length`` tokens (the
+last turns matter most), then cut each completion from its END to fit ``max_length``.
 """
 from __future__ import annotations
 
@@ -25,6 +25,23 @@ class TokenizeReport:
     pairs: list[TokenizedPair]
     counts: Counter = field(default_factory=Counter)  # truncated_prompt, truncated_completion, boundary_retokenized, dropped_*
     problems: list[str] = field(default_factory=list)
+
+
+def fit_lengths(n_prompt: int, n_answer: int, *, max_length: int,
+                max_prompt_length: int | None) -> tuple[int, int] | None:
+    """The truncation policy, in lengths: None when prompt + answer fit in ``max_length`` (nothing is cut); else
+    (prompt tokens kept, from its end; room for answer tokens, kept from their start).
+
+    The prompt is cut first, from its START to ``max_prompt_length`` (None: not cut), then the answer from its END
+    to what is left of ``max_length``; a room below 1 means the prompt alone fills it.
+        fit_lengths(30, 20, max_length=40, max_prompt_length=16)   → (16, 24)    prompt cut, answer fits
+        fit_lengths(30, 20, max_length=40, max_prompt_length=None) → (30, 10)    answer cut to 10
+        fit_lengths(10, 20, max_length=40, max_prompt_length=16)   → None
+    """
+    if n_prompt + n_answer <= max_length:
+        return None
+    kept = n_prompt if max_prompt_length is None else min(n_prompt, max_prompt_length)
+    return kept, max_length - kept
 
 
 def _ids(tokenizer, text: str, *, special: bool) -> list[int]:
@@ -74,16 +91,18 @@ def tokenize_pair(tokenizer, pair: PreferencePair, *, max_length: int, max_promp
         for text in (chosen_text, rejected_text))
 
     truncated = False
-    if len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length:
-        if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-            prompt_ids = prompt_ids[-max_prompt_length:]
+    longer = max(len(chosen_ids), len(rejected_ids))
+    fit = fit_lengths(len(prompt_ids), longer, max_length=max_length, max_prompt_length=max_prompt_length)
+    if fit is not None:
+        kept, room = fit
+        if kept < len(prompt_ids):
+            prompt_ids = prompt_ids[len(prompt_ids) - kept:]
             counts["truncated_prompt"] += 1
             truncated = True
-        room = max_length - len(prompt_ids)
         if room < 1:
             return (f"{pair.origin}: prompt alone is {len(prompt_ids)} tokens, which leaves no room for an answer "
                     f"within max_length={max_length}; set --max-prompt-length below max_length or raise --max-length")
-        if max(len(chosen_ids), len(rejected_ids)) > room:
+        if longer > room:
             chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
             counts["truncated_completion"] += 1
             truncated = True
@@ -161,17 +180,17 @@ def tokenize_example(tokenizer, example: SFTExample, *, max_length: int, max_pro
         ids.append(tokenizer.eos_token_id)
         trained.append(True)
 
-    truncated = False
-    if len(ids) > max_length:
-        prompt_cap = max_prompt_length if max_prompt_length is not None else max_length // 2
-        if n_prompt > prompt_cap:
-            cut = n_prompt - prompt_cap
-            ids, trained = ids[cut:], trained[cut:]
+    prompt_cap = max_prompt_length if max_prompt_length is not None else max_length // 2
+    fit = fit_lengths(n_prompt, len(ids) - n_prompt, max_length=max_length, max_prompt_length=prompt_cap)
+    truncated = fit is not None
+    if fit is not None:
+        kept, room = fit
+        if kept < n_prompt:
+            ids, trained = ids[n_prompt - kept:], trained[n_prompt - kept:]
             counts["truncated_prompt"] += 1
-        if len(ids) > max_length:
-            ids, trained = ids[:max_length], trained[:max_length]
+        if len(ids) - kept > room:
+            ids, trained = ids[:kept + room], trained[:kept + room]
             counts["truncated_completion"] += 1
-        truncated = True
     if not any(trained[1:]):  # position 0 has nothing before it to predict it from
         return (f"{example.origin}: no answer tokens left within max_length={max_length} (prompt "
                 f"{n_prompt} tokens); raise --max-length or lower --max-prompt-length")
