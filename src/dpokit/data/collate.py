@@ -1,9 +1,39 @@
-"""Tokenized pairs → one PreferenceBatch, padded (2B rows) or prompt-shared (B rows)."""
+"""Tokenized pairs → one PreferenceBatch, padded (2B rows), prompt-shared (B rows) or packed; SFT examples → one
+SequenceBatch, padded or packed. Both packed layouts share one row filler (first_fit) and one block mask."""
 from __future__ import annotations
 
 import torch
 
 from ..types import PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
+
+
+def first_fit(sizes: list[int], row_tokens: int) -> list[list[int]]:
+    """Items packed into rows of at most `row_tokens` tokens: longest first, each into the first row with room (an
+    item longer than `row_tokens` gets a row of its own). Rows list item indices in packing order.
+
+    first_fit([3, 5, 2, 4, 9], row_tokens=8) → [[4], [1, 0], [3, 2]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # stable: equal sizes keep their order
+        r = next((r for r, free in enumerate(room) if sizes[i] <= free), None)
+        if r is None:
+            rows.append([i])
+            room.append(max(row_tokens, sizes[i]) - sizes[i])
+        else:
+            rows[r].append(i)
+            room[r] -= sizes[i]
+    return rows
+
+
+def block_causal_mask(block: torch.Tensor) -> torch.Tensor:
+    """(rows, T) block index per position (-1: padding) → (rows, T, T) boolean attention: causal within a block,
+    never across blocks; a padding position sees only itself, so no row of the mask is all False (NaN softmax)."""
+    width = block.shape[1]
+    real = block[:, :, None] >= 0  # (rows, T, 1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = causal & (block[:, :, None] == block[:, None, :]) & real
+    return mask | (torch.eye(width, dtype=torch.bool) & ~real)
 
 
 def _labels(pairs: list[TokenizedPair]) -> torch.Tensor | None:
@@ -79,18 +109,7 @@ def collate_packed(pairs: list[TokenizedPair], pad_id: int, row_tokens: int) -> 
     pair's log-probs equal those of the padded layout; only the padding is gone.
     """
     sizes = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(pairs)), key=lambda i: -sizes[i]):
-        for r, free in enumerate(room):
-            if sizes[i] <= free:
-                rows[r].append(i)
-                room[r] -= sizes[i]
-                break
-        else:
-            rows.append([i])
-            room.append(max(row_tokens, sizes[i]) - sizes[i])
-    return _pack(rows, pairs, pad_id)
+    return _pack(first_fit(sizes, row_tokens), pairs, pad_id)
 
 
 def _pack(rows: list[list[int]], pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
@@ -121,10 +140,7 @@ def _pack(rows: list[list[int]], pairs: list[TokenizedPair], pad_id: int) -> Pre
             owners += [i] * n_c + [b + i] * n_r
             at += n
     q, k = segment[:, :, None], segment[:, None, :]  # (rows, T, 1), (rows, 1, T)
-    same_pair = block[:, :, None] == block[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    visible = causal & same_pair & ((k == PROMPT) | (k == q)) & (q != PAD)
-    visible |= torch.eye(width, dtype=torch.bool) & (q == PAD)  # padding sees itself: no all-masked rows
+    visible = block_causal_mask(block) & ((k == PROMPT) | (k == q))  # rejected never sees chosen
     return PreferenceBatch(input_ids, visible[:, None], sources=torch.tensor(sources), targets=torch.tensor(targets),
                            owners=torch.tensor(owners), num_pairs=b, num_tokens=_num_tokens(pairs),
                            strengths=_strengths(pairs), origins=[p.origin for p in pairs], position_ids=position_ids,
@@ -152,18 +168,7 @@ def collate_sequences(examples: list[TokenizedExample], pad_id: int, row_tokens:
     causal mask (the second example never sees the first), targets = [2, 3, 5], sources = [1, 2, 4].
     """
     sizes = [len(e.input_ids) for e in examples]
-    if row_tokens is None:
-        rows = [[i] for i in range(len(examples))]
-    else:
-        rows, room = [], []
-        for i in sorted(range(len(examples)), key=lambda i: -sizes[i]):  # first fit, longest first
-            r = next((r for r, free in enumerate(room) if sizes[i] <= free), None)
-            if r is None:
-                rows.append([i])
-                room.append(max(row_tokens, sizes[i]) - sizes[i])
-            else:
-                rows[r].append(i)
-                room[r] -= sizes[i]
+    rows = [[i] for i in range(len(examples))] if row_tokens is None else first_fit(sizes, row_tokens)
     width = max(sum(sizes[i] for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -184,10 +189,7 @@ def collate_sequences(examples: list[TokenizedExample], pad_id: int, row_tokens:
     if row_tokens is None:
         attention_mask, position_ids = (block >= 0).long(), None
     else:
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        attention_mask = causal & (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
-        attention_mask |= torch.eye(width, dtype=torch.bool) & (block[:, :, None] < 0)  # padding sees itself
-        attention_mask = attention_mask[:, None]
+        attention_mask = block_causal_mask(block)[:, None]
     return SequenceBatch(input_ids, attention_mask, torch.tensor(sources, dtype=torch.long),
                          torch.tensor(targets, dtype=torch.long), torch.tensor(owners, dtype=torch.long),
                          num_examples=len(examples), num_tokens=sum(sizes), origins=[e.origin for e in examples],
