@@ -11,7 +11,7 @@ A column mapping (``columns``) is applied to each row first, as for pairs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 from ..types import PreferencePair, SFTExample
@@ -20,22 +20,7 @@ from .columns import ColumnMap
 from .feedback import is_feedback_label
 from .io import read_records
 from .lists import best_answer
-from .validate import Problem, adapted_rows, load_pairs, stop_on_problems
-
-
-@dataclass
-class SFTLoadReport:
-    path: str
-    shape: str | None
-    examples: list[SFTExample]
-    num_rows: int
-    problems: list[Problem] = field(default_factory=list)
-
-    def dropped_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for p in self.problems:
-            counts[p.kind] = counts.get(p.kind, 0) + 1
-        return counts
+from .validate import LoadReport, Problem, adapted_rows, load_pairs, stop_on_problems
 
 
 def answer_only(prompt, answer: str, origin: str) -> SFTExample:
@@ -102,10 +87,10 @@ def to_example(value: dict, shape: str, origin: str) -> SFTExample:
 
 
 def load_sft_examples(path: str | Path, *, skip_invalid: bool = False,
-                      columns: ColumnMap | None = None) -> SFTLoadReport:
+                      columns: ColumnMap | None = None) -> LoadReport:
     """Read, map and adapt every row; a problem stops the load naming file:line and field, unless `skip_invalid`."""
     records = read_records(path)
-    report = SFTLoadReport(str(path), None, [], len(records))
+    report = LoadReport(str(path), None, [], len(records), columns=columns)
 
     def adapt(value, origin: str):
         shape = sft_shape(value, origin)
@@ -142,7 +127,6 @@ def coh_examples(pair: PreferencePair, positive: str, negative: str) -> list[SFT
 
 
 def load_coh_examples(path: str | Path, positive: str, negative: str, *, skip_invalid: bool = False,
-                      columns: ColumnMap | None = None, pairs: str = "best-vs-worst") -> SFTLoadReport:
+                      columns: ColumnMap | None = None, pairs: str = "best-vs-worst") -> LoadReport:
     report = load_pairs(path, skip_invalid=skip_invalid, columns=columns, pairs=pairs)
-    examples = [e for pair in report.pairs for e in coh_examples(pair, positive, negative)]
-    return SFTLoadReport(report.path, report.shape, examples, report.num_rows, report.problems)
+    return replace(report, examples=[e for pair in report.pairs for e in coh_examples(pair, positive, negative)])
