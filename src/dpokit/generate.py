@@ -17,60 +17,12 @@ import torch
 
 from .data.templates import Prompt, render_prompt, templated  # chat.py imports render_prompt from here
 from .errors import DataError, UserError
-from .models import adapter_base, is_adapter_dir, load_tokenizer, resolve_model_path  # noqa: F401
+# Loading lives in models.py; export.py and chat.py import these names from here.
+from .models import ADAPTER_CONFIG, adapter_base, has_tokenizer, load_for_generation, model_folder  # noqa: F401
+from .models import is_adapter_dir as is_adapter  # noqa: F401
 
 COH_FILE = "dpokit_coh.json"
 COH_DEFAULTS = {"positive": "A helpful answer:", "negative": "An unhelpful answer:"}
-ADAPTER_CONFIG = "adapter_config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
-
-# ---- where the model is -------------------------------------------------------------------------------------------
-
-def model_folder(spec: str | Path) -> Path:
-    """A run folder → its `final/` model; a model or adapter folder (or .gguf) → itself."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file() \
-            and (path / "final").is_dir():
-        return path / "final"
-    return path
-
-
-def is_adapter(path: Path) -> bool:
-    return path.is_dir() and is_adapter_dir(path)
-
-
-def has_tokenizer(path: Path) -> bool:
-    return any((path / name).is_file() for name in TOKENIZER_FILES)
-
-
-def load_for_generation(spec: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False,
-                        device: str = "auto"):
-    """(model, tokenizer) in eval mode from a model folder, a .gguf file, the embedded name, a run folder, or a
-    LoRA adapter folder (base loaded from `base_model_name_or_path`, adapter applied, not merged), in the dtype it
-    was saved in, on `device` ("auto": the GPU when there is one)."""
-    from transformers import AutoModelForCausalLM
-
-    path = model_folder(spec)
-    if is_adapter(path):
-        from peft import PeftModel
-
-        base = adapter_base(path)
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype="auto", trust_remote_code=trust_remote_code,
-                                                     use_safetensors=None if allow_pickle else True)
-        model = PeftModel.from_pretrained(model, str(path))
-        tokenizer = load_tokenizer(path if has_tokenizer(path) else base, trust_remote_code=trust_remote_code)
-    else:
-        path = resolve_model_path(str(path) if path.exists() else str(spec), allow_pickle=allow_pickle)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", trust_remote_code=trust_remote_code,
-                                                     use_safetensors=None if allow_pickle else True)
-        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    model.eval()  # dropout off; the config is left as saved (export writes it back)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    model.requires_grad_(False)
-    return model, tokenizer
 
 
 # ---- prompts ------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Load policy / reference models and tokenizers from a local HF folder or a GGUF file. Never from a hub."""
+"""Load models and tokenizers from a local HF folder, a GGUF file, a LoRA adapter folder or a run folder: policy and
+reference for training, a saved model as it was saved for sampling and export. Never from a hub."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +16,7 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"  # the name `--model` accepts for the b
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def cache_dir() -> Path:
@@ -101,10 +103,14 @@ def resolve_model_path(spec: str, *, allow_pickle: bool = False) -> Path:
     return path
 
 
+def has_tokenizer(path: Path) -> bool:
+    return (Path(path) / "tokenizer_config.json").is_file()
+
+
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").is_file():
+    if is_adapter_dir(path) and not has_tokenizer(path):
         path = adapter_base(path)  # an adapter saved without its tokenizer uses the base's
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
@@ -112,6 +118,45 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out everywhere; any id will do
     return tokenizer
+
+
+# ---- a saved model as it was saved, for sampling and export (generate, chat, eval, export) ----
+
+def model_folder(spec: str | Path) -> Path:
+    """A run folder → its `final/` model; a model or adapter folder (or .gguf) → itself."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and not is_adapter_dir(path) \
+            and (path / "final").is_dir():
+        return path / "final"
+    return path
+
+
+def load_for_generation(spec: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+                        device: str = "auto"):
+    """(model, tokenizer) in eval mode from a model folder, a .gguf file, the embedded name, a run folder, or a
+    LoRA adapter folder (base loaded from `base_model_name_or_path`, adapter applied, not merged), in the dtype it
+    was saved in, on `device` ("auto": the GPU when there is one)."""
+    from transformers import AutoModelForCausalLM
+
+    path = model_folder(spec)
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = adapter_base(path)
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype="auto", trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if allow_pickle else True)
+        model = PeftModel.from_pretrained(model, str(path))
+    else:
+        path = resolve_model_path(str(path) if path.exists() else str(spec), allow_pickle=allow_pickle)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if allow_pickle else True)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)  # an adapter's own, else its base's
+    model.eval()  # dropout off; the config is left as saved (export writes it back)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model.requires_grad_(False)
+    return model, tokenizer
 
 
 def check_attention(attention: str) -> None:
@@ -177,7 +222,7 @@ def frozen_copy(model):
 # ---- LoRA (peft): the reference is the same model with its adapters switched off, never a second copy ----
 
 def is_adapter_dir(path: Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
+    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def adapter_base(path: Path) -> Path:
@@ -185,7 +230,7 @@ def adapter_base(path: Path) -> Path:
     absolute, a relative one is tried from the working directory, then from the adapter folder)."""
     import json
 
-    where = Path(path) / "adapter_config.json"
+    where = Path(path) / ADAPTER_CONFIG
     try:
         cfg = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
