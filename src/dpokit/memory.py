@@ -1,9 +1,12 @@
 """Up-front memory estimate: will this run fit? Checked before any weights are loaded.
 
-Counts, in bytes: policy weights, gradients and AdamW's two moments (all in the training dtype), the reference
-copy, and activations of one micro-batch at the longest allowed length (every layer keeps its inputs and MLP
-intermediates for backward; the LM head keeps the (tokens × vocabulary) logits, their log-softmax and gradient).
-Calibrated against measured peak RSS of CPU runs; it errs on the high side.
+The numbers are `dpokit plan`'s (plan.estimate_memory, held against measured peak RSS), at the settings
+`dpokit dpo` hands this check and, for those it does not, the most costly ones: padded rows at the longest allowed
+length, full (tokens × vocabulary) logits, no gradient checkpointing, glibc's CPU runtime. Counts, in bytes: policy
+weights, gradients and AdamW's two moments (all in the training dtype), the reference copy, and the activations of
+one micro-batch (every layer's inputs and MLP intermediates for backward, plus the LM head's float32 logits, their
+log-softmax and gradient). It errs on the high side. This module also keeps the per-layer activation count and the
+byte sizes the planner builds on.
 """
 from __future__ import annotations
 
@@ -55,30 +58,35 @@ class MemoryEstimate:
 
 
 def count_parameters(model_path: Path) -> tuple[int, object]:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """(parameters, config) of a model folder, counted on the meta device."""
+    from .plan import config_shape  # plan builds on this module's constants: imported here, not at the top
 
-    config = AutoConfig.from_pretrained(str(model_path))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters()), config
+    config = _config(model_path)
+    return config_shape(config, str(model_path)).params, config
 
 
 def estimate(model_path: Path, *, dtype: str, micro_batch_pairs: int, max_length: int, separate_reference: bool,
              reference_path: Path | None = None) -> MemoryEstimate:
-    params, cfg = count_parameters(model_path)
-    ref_params = count_parameters(reference_path)[0] if reference_path else params
-    size = BYTES[dtype]
-    text_cfg = getattr(cfg, "text_config", cfg)
-    hidden = text_cfg.hidden_size
-    layers = text_cfg.num_hidden_layers
-    intermediate = getattr(text_cfg, "intermediate_size", 4 * hidden)
-    tokens = 2 * micro_batch_pairs * max_length  # chosen and rejected rows, padded to the longest
-    per_layer = tokens * layer_activation_elements(hidden, intermediate) * size
-    logits = 3 * tokens * text_cfg.vocab_size * 4  # float32 logits, log-softmax and their gradient
-    return MemoryEstimate(
-        weights=params * size, gradients=params * size, optimizer=2 * params * size,
-        reference=ref_params * size if separate_reference else 0,
-        activations=layers * per_layer + logits)
+    """What `dpokit dpo` will hold at its peak, by the planner's formula (see the module docstring)."""
+    from .plan import PlanSettings, config_shape, estimate_memory
+
+    shape = config_shape(_config(model_path), str(model_path))
+    # What the prompt's share of max_length is does not matter to padded rows with full logits.
+    settings = PlanSettings(device="cpu", batch_size=micro_batch_pairs, max_length=max_length, dtype=dtype,
+                            layout="padded", full_logits=True,
+                            reference_cache="off" if separate_reference else "on")
+    parts, _ = estimate_memory(shape, settings)
+    if separate_reference and reference_path is not None:  # a --ref model: the copy is of its own size
+        parts["reference"] = count_parameters(reference_path)[0] * BYTES[dtype]
+    return MemoryEstimate(weights=parts["weights"], gradients=parts["gradients"], optimizer=parts["optimizer"],
+                          reference=parts["reference"], activations=parts["activations"] + parts["LM head"],
+                          runtime=parts["runtime"])
+
+
+def _config(model_path: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_path))
 
 
 def available_bytes(device: str) -> int | None:

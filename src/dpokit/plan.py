@@ -21,6 +21,7 @@ Memory per device, in bytes (P all parameters, T trainable ones, N devices, s by
   (1024 × V) float32 live at once (logits, probabilities, their gradient); `--full-logits` keeps 3 × (tokens × V)
   float32 (as `memory.estimate`).
 A run "fits" when the total is at most 90% of the device's memory (the rest: allocator fragmentation, NCCL buffers).
+`dpokit dpo`'s check before loading (`memory.estimate`) counts with this same formula.
 
 Step time: FLOPs of one optimizer step over all devices at `--utilization` of `--tflops` per device. A forward is
 2 FLOPs per parameter per token (the input embedding is a lookup: no FLOPs; the LM head only at answer positions on
@@ -182,9 +183,13 @@ def decoder_layer_params(model, layers: int) -> int:
 
 
 def model_shape(spec: str, *, lora_r: int | None = None, lora_targets: str = "all-linear") -> ModelShape:
+    return config_shape(load_config(spec), spec, lora_r=lora_r, lora_targets=lora_targets)
+
+
+def config_shape(config, name: str, *, lora_r: int | None = None, lora_targets: str = "all-linear") -> ModelShape:
+    """The ModelShape of a transformers config, its model built on the meta device."""
     from transformers import AutoModelForCausalLM
 
-    config = load_config(spec)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     text = getattr(config, "text_config", config)
@@ -192,7 +197,7 @@ def model_shape(spec: str, *, lora_r: int | None = None, lora_targets: str = "al
     heads = text.num_attention_heads
     layer_params = decoder_layer_params(model, text.num_hidden_layers)
     shape = ModelShape(
-        name=spec, params=sum(p.numel() for p in model.parameters()), embedding=embedding.numel(),
+        name=name, params=sum(p.numel() for p in model.parameters()), embedding=embedding.numel(),
         head=head.numel(), tied=head is embedding, layers=text.num_hidden_layers, hidden=text.hidden_size,
         intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size), heads=heads,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
