@@ -19,9 +19,9 @@ def llama_folder(tmp_path, name="m", layers=3):
 def test_the_check_equals_the_plan_at_padded_rows_and_full_logits(tmp_path):
     folder = llama_folder(tmp_path)
     est = estimate(folder, dtype="bfloat16", micro_batch_pairs=3, max_length=128, separate_reference=True)
-    plan = make_plan(model_shape(str(folder)), PlanSettings(device="cpu", batch_size=3, max_length=128, prompt_length=64,
-                                                            dtype="bfloat16", layout="padded", full_logits=True,
-                                                            reference_cache="off"))
+    settings = PlanSettings(device="cpu", batch_size=3, max_length=128, prompt_length=64, dtype="bfloat16",
+                            layout="padded", full_logits=True, reference_cache="off")
+    plan = make_plan(model_shape(str(folder)), settings)
     assert est.total == plan.total
     assert est.activations == plan.parts["activations"] + plan.parts["LM head"]
 
