@@ -93,7 +93,7 @@ def write_workload(name: str, model_dir: Path, batch_size: int, steps: int, fold
     hold the same pairs: file row perm[k] = pair k.
     """
     from dpokit.models import load_tokenizer
-    from dpokit.train.loop import pair_order
+    from dpokit.train.source import pair_order
 
     folder.mkdir(parents=True, exist_ok=True)
     n = batch_size * steps

@@ -89,7 +89,7 @@ def run_dpokit(spec: dict, reference_cache: str) -> dict:
     """
     from dpokit import cli
     from dpokit.train import dpo as story
-    from dpokit.train.loop import pair_order
+    from dpokit.train.source import pair_order
 
     timing = {"ref_pass_s": 0.0}
     expected = json.loads(Path(spec["ids_file"]).read_text())  # in TRL's order

@@ -79,5 +79,6 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, resume: bool = Fals
         what = "Preferred-FT on the chosen answers of " + config.data if name == "sft" and recipe.preferred_ft else config.data
         print(f"dpokit pipeline: stage {name} ({what}) → {config.output}", flush=True)
         # under --resume an unfinished stage without a checkpoint has nothing worth keeping: start it again
-        results[name] = run(replace(config, overwrite=(overwrite or resume) and not continuing, resume=continuing))
+        results[name] = run(replace(config, overwrite=(overwrite or resume) and not continuing,
+                                    resume=continuing)).summary
     return results

@@ -87,6 +87,16 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """Digest of an in-memory model's weights and config (the Python API's model objects have no folder)."""
+    h = hashlib.sha256(model.config.to_json_string().encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def data_fingerprint(splits: dict[str, list[TokenizedPair]]) -> str:
     h = hashlib.sha256()
     for name in sorted(splits):

@@ -64,7 +64,9 @@ def test_cached_run_equals_live_run_and_second_run_reuses_cache(tiny_model_dir, 
         for key in ("loss", "eval/loss", "rewards/margins"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
-    # A second run must not compute reference log-probs again: make any model forward for it fail.
-    monkeypatch.setattr("dpokit.reference.fill_rows", lambda *a, **k: pytest.fail("cache was recomputed"))
+    # The first cached run computed every row it reached; a second one computes none (the summary counts them).
+    first = json.loads((tmp_path / "cached" / "summary.json").read_text())
+    assert first["reference_rows_computed"] == first["pairs"]["train"] + first["pairs"]["eval"] > 0
     assert run(tiny_model_dir, data, tmp_path / "again") == 0
-    assert json.loads((tmp_path / "again" / "summary.json").read_text())["reference"] == str(caches[0])
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["reference"] == str(caches[0]) and again["reference_rows_computed"] == 0

@@ -9,8 +9,8 @@ from dpokit.config import DPOConfig
 from dpokit.errors import NonFiniteError, UserError
 from dpokit.memory import MemoryEstimate, check_fits, estimate
 from dpokit.models import resolve_model_path
+from dpokit.api import train
 from dpokit.train import loop as loop_module
-from dpokit.train import objectives as objectives_module  # DPOObjective calls objectives.objective
 
 
 @pytest.fixture()
@@ -21,20 +21,20 @@ def pairs_file(tmp_path):
     return path
 
 
-def poison_step(monkeypatch, bad_step: int):
-    """Make the loss NaN on one step (1-based) by wrapping the real objective."""
-    real = objectives_module.objective
+def poison_step(model, bad_step: int):
+    """Make the loss NaN on one training step (1-based): a forward hook on the model object's decoder turns its
+    hidden states to NaN on that step's forward (one micro-batch per step here; the lean LM head reads them)."""
     calls = {"n": 0}
 
-    def objective(policy, ref, batch, config):
-        loss, metrics = real(policy, ref, batch, config)
-        if policy.training:
+    def hook(module, inputs, output):
+        if module.training:
             calls["n"] += 1
             if calls["n"] == bad_step:
-                loss = loss * float("nan")
-        return loss, metrics
+                output.last_hidden_state = output.last_hidden_state * float("nan")
+        return output
 
-    monkeypatch.setattr(objectives_module, "objective", objective)
+    model.model.register_forward_hook(hook)
+    return model
 
 
 def base_args(model_dir, data, out):
@@ -43,22 +43,34 @@ def base_args(model_dir, data, out):
             "--max-prompt-length", "32"]
 
 
-def test_nonfinite_stops_with_step_and_pairs_keeping_checkpoint(tiny_model_dir, pairs_file, tmp_path, monkeypatch, capsys):
-    poison_step(monkeypatch, bad_step=4)
+def api_config(data, out, **extra):
+    return DPOConfig(data=str(data), output=str(out), batch_size=4, max_steps=5, learning_rate=1e-3, eval_fraction=0,
+                     max_length=64, max_prompt_length=32, **extra)
+
+
+def poisoned_model(model_dir, bad_step):
+    from dpokit.models import load_model, load_tokenizer
+
+    return poison_step(load_model(model_dir), bad_step), load_tokenizer(model_dir)
+
+
+def test_nonfinite_stops_with_step_and_pairs_keeping_checkpoint(tiny_model_dir, pairs_file, tmp_path):
+    model, tokenizer = poisoned_model(tiny_model_dir, bad_step=4)
     out = tmp_path / "run"
-    code = main(base_args(tiny_model_dir, pairs_file, out) + ["--save-every", "2"])
-    err = capsys.readouterr().err
-    assert code == NonFiniteError.exit_code
-    assert "step 4" in err and "pairs.jsonl:" in err and "checkpoint-2" in err
+    with pytest.raises(NonFiniteError) as stopped:
+        train(model, None, api_config(pairs_file, out, save_every=2), tokenizer=tokenizer)
+    assert "step 4" in str(stopped.value) and "train.jsonl:" not in str(stopped.value)
+    assert "pairs.jsonl:" in str(stopped.value) and "checkpoint-2" in str(stopped.value)
     assert (out / "checkpoint-2" / "model.safetensors").is_file()
+    assert NonFiniteError.exit_code == 3  # what `dpokit dpo` exits with (cli.EXIT_CODES)
 
 
-def test_skip_nonfinite_counts_and_finishes(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
-    poison_step(monkeypatch, bad_step=2)
+def test_skip_nonfinite_counts_and_finishes(tiny_model_dir, pairs_file, tmp_path):
+    model, tokenizer = poisoned_model(tiny_model_dir, bad_step=2)
     out = tmp_path / "run"
-    assert main(base_args(tiny_model_dir, pairs_file, out) + ["--skip-nonfinite"]) == 0
+    run = train(model, None, api_config(pairs_file, out, skip_nonfinite=True), tokenizer=tokenizer)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["skipped_nonfinite"] == 1
+    assert summary["skipped_nonfinite"] == run.summary["skipped_nonfinite"] == 1
     last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["step"] == 5 and last["skipped_nonfinite"] == 1
 

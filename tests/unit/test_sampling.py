@@ -2,7 +2,7 @@ import statistics
 
 import torch
 
-from dpokit.train.loop import pair_order
+from dpokit.train.source import pair_order
 
 
 def test_order_is_a_permutation_per_epoch_and_depends_only_on_step():
@@ -33,7 +33,8 @@ def test_group_by_length_reduces_within_batch_spread():
 def test_pairs_reached_equals_the_union_of_every_steps_pairs():
     from types import SimpleNamespace
 
-    from dpokit.train.loop import pairs_reached
+    from dpokit.train.objectives import DPOObjective
+    from dpokit.train.source import ShuffledSource
     from dpokit.types import TokenizedPair
 
     pairs = [TokenizedPair((1,) * (i % 7 + 1), (2,) * (i % 5 + 1), (3,), f"p{i}") for i in range(50)]
@@ -41,5 +42,8 @@ def test_pairs_reached_equals_the_union_of_every_steps_pairs():
         config = SimpleNamespace(max_steps=steps, epochs=1.0, batch_size=6, seed=4, group_by_length=grouped)
         lengths = [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs] if grouped else None
         union = sorted({i for s in range(steps) for i in pair_order(50, s, 6, 4, lengths)})
-        assert pairs_reached(config, pairs) == union
+        source = ShuffledSource.for_run(pairs, config, DPOObjective.length)
+        assert source.reached(steps) == union
+        assert [i for s in range(steps) for i in source.indices(s)] == [i for s in range(steps)
+                                                                     for i in pair_order(50, s, 6, 4, lengths)]
         assert len(union) == min(50, steps * 6)

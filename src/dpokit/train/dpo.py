@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -13,11 +14,15 @@ from ..data.collate import collator
 from ..data.prepare import prepare_preference_data
 from ..errors import UserError
 from ..losses import LN2, LOSSES, loss_terms, needs_reference, starts_at_ln2
-from ..models import adapter_base, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy, resolve_model_path
+from ..models import (adapter_base, dtype_name, frozen_copy, is_adapter_dir, is_peft, load_model, load_policy,
+                      prepare_policy, resolve_model_path)
 from ..reference import AdaptersOffReference, LiveReference
 from ..eval.intervals import verdict
-from .loop import pairs_reached, total_steps, train_dpo
-from .setup import finish_run, leave_nothing_on_error, start_run, summary_tail
+from .given import Given, check_given, with_rows
+from .loop import total_steps, train_loop
+from .objectives import DPOObjective
+from .setup import TrainedRun, finish_run, leave_nothing_on_error, start_run, summary_tail
+from .source import ShuffledSource
 
 
 def check_strengths(config: DPOConfig, pairs) -> None:
@@ -41,7 +46,20 @@ def check_sizes(config: DPOConfig, data) -> None:
                         "--eval-fraction, or --eval-fraction 0 to train without held-out figures")
 
 
-def estimate_memory(config: DPOConfig, model_path, ref_path, dtype: str):
+def estimate_memory(config: DPOConfig, model_path, ref_path, dtype: str, given: Given = Given()):
+    """The up-front memory check; a model object is counted from its config, as a folder would be."""
+    if given.model is not None or given.reference is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            if given.model is not None:
+                (Path(folder) / "model").mkdir()
+                given.model.config.save_pretrained(Path(folder) / "model")
+            if given.reference is not None:
+                (Path(folder) / "reference").mkdir()
+                given.reference.config.save_pretrained(Path(folder) / "reference")
+            return estimate_memory(config, model_path if given.model is None else Path(folder) / "model",
+                                   Path(folder) / "reference" if given.reference is not None else ref_path, dtype)
     micro = config.batch_size // config.grad_accum
     model_path = adapter_base(model_path) if is_adapter_dir(model_path) else model_path  # LoRA: counted as full, the safe side
     ref_path = adapter_base(ref_path) if ref_path is not None and is_adapter_dir(ref_path) else ref_path
@@ -52,13 +70,15 @@ def estimate_memory(config: DPOConfig, model_path, ref_path, dtype: str):
     return est
 
 
-def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, tokenizer, accelerator):
+def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, tokenizer, accelerator, given: Given):
     """Live reference model, or cached log-probs (computed now if missing; no reference kept in memory after).
 
-    `ref_path` is the --ref folder, or the policy's own folder when there is no --ref."""
+    `ref_path` is the --ref folder, or the policy's own folder when there is no --ref (None for a model object)."""
     lean = not config.full_logits
 
     def reference_model():
+        if given.reference is not None:
+            return given.reference.eval().requires_grad_(False)
         if not config.ref:
             return None  # the policy before its first step is the reference
         return load_model(ref_path, dtype=dtype, trust_remote_code=config.trust_remote_code, train=False,
@@ -67,30 +87,36 @@ def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, token
     if config.reference_cache == "off":
         model = reference_model()
         if model is None and is_peft(policy):
-            if is_adapter_dir(ref_path):
+            if ref_path is not None and is_adapter_dir(ref_path):
                 raise UserError("continuing from a LoRA adapter uses that adapter, before training, as the reference: "
                                 "keep --reference-cache on (the default), or give --ref a merged model folder")
             return AdaptersOffReference(policy, lean=lean)  # the base: no second copy of the weights
         return LiveReference(model if model is not None else frozen_copy(policy), lean=lean)
     splits = {"train": data.train, "eval": data.eval}
-    key = ref_cache.cache_key(ref_cache.model_fingerprint(ref_path), dtype, ref_cache.data_fingerprint(splits))
+    source = given.reference if given.reference is not None else given.model if not config.ref else None
+    model_fp = ref_cache.weights_fingerprint(source) if source is not None else ref_cache.model_fingerprint(ref_path)
+    key = ref_cache.cache_key(model_fp, dtype, ref_cache.data_fingerprint(splits))
     path = ref_cache.cache_path_for(key)
     tables = ref_cache.load_cache(path, key, splits).tables if path.is_file() else ref_cache.empty_tables(splits)
-    missing = ref_cache.missing_rows(tables, {"train": pairs_reached(config, data.train),
-                                              "eval": list(range(len(data.eval)))})
+    steps = total_steps(config, len(data.train))
+    missing = ref_cache.missing_rows(tables, {"train": ShuffledSource.for_run(data.train, config, DPOObjective.length)
+                                              .reached(steps), "eval": list(range(len(data.eval)))})
     # Every process has looked at the cache before any writes to it, so all take the same branch (and meet at the
     # same barriers); otherwise a process that read the freshly written file would skip the barrier and hang the rest.
     accelerator.wait_for_everyone()
-    if any(missing.values()):
+    computed = sum(map(len, missing.values()))
+    if computed:
         if accelerator.is_main_process:
             model = reference_model()
             fill_cache(model if model is not None else policy, tables, splits, missing, config, tokenizer, accelerator)
-            ref_cache.save_cache(path, key, tables, ref_path)
+            ref_cache.save_cache(path, key, tables, ref_path if ref_path is not None else "a model object")
             del model
         accelerator.wait_for_everyone()  # the main process filled the cache; the others read what it wrote
         if not accelerator.is_main_process:
             return ref_cache.load_cache(path, key, splits)
-    return ref_cache.CachedReference(tables, path)
+    cached = ref_cache.CachedReference(tables, path)
+    cached.computed_rows = computed  # rows this run computed (0: every row came from an earlier run's cache)
+    return cached
 
 
 def fill_cache(source, tables, splits, missing, config: DPOConfig, tokenizer, accelerator) -> None:
@@ -104,42 +130,50 @@ def fill_cache(source, tables, splits, missing, config: DPOConfig, tokenizer, ac
     source.train(was_training)
 
 
-def run_dpo(config: DPOConfig, *, quiet: bool = False) -> dict:
-    """One process, or one of several under `accelerate launch`: only the main process writes files."""
+def run_dpo(config: DPOConfig, *, quiet: bool = False, given: Given = Given(), callbacks: Sequence = ()) -> TrainedRun:
+    """`dpokit dpo` and `dpokit.train`: one process, or one of several under `accelerate launch` (only the main
+    process writes files). `given`: model, reference, tokenizer or rows in memory, from the Python API."""
+    check_given(config, given)
     existed = Path(config.output).exists()
-    started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config)
+    started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config, given.tokenizer)
+    if given.model is not None:
+        dtype = dtype_name(next(given.model.parameters()).dtype)
     main = accelerator.is_main_process
     # Data first: every data problem surfaces before minutes go into loading a model.
     with leave_nothing_on_error(config, run_dir, existed, main):
+        config = with_rows(config, given, run_dir, main, accelerator)
         data = prepare_preference_data(config, tokenizer)
         check_strengths(config, data.train + data.eval)
         check_sizes(config, data)
 
     ref_path = resolve_model_path(config.ref, allow_pickle=config.allow_pickle) if config.ref else model_path
-    estimated = estimate_memory(config, model_path, ref_path if config.ref else None, dtype)
+    estimated = estimate_memory(config, model_path, ref_path if config.ref else None, dtype, given)
     if main and not quiet:  # what the run will do, before minutes go into it
         print(describe_run(config, data, estimated), flush=True)
-    policy = load_policy(model_path, config, dtype)
+    policy = prepare_policy(given.model.train(), config, None) if given.model is not None \
+        else load_policy(model_path, config, dtype)
     # Reference-free losses (simpo, orpo): no reference model, no reference pass, no cache.
-    reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator) \
+    reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator, given) \
         if needs_reference(config.loss) else None
     if main:
         dump_config(config, run_dir / "config.yaml")
 
-    result = train_dpo(policy, reference, tokenizer, data.train, data.eval, config, run_dir, accelerator)
-    trained, trained_state = result.pop("policy"), result.pop("policy_state")
+    objective = DPOObjective(reference, config)
+    source = ShuffledSource.for_run(data.train, config, objective.length)
+    result = train_loop(policy, objective, tokenizer, source, data.eval, config, run_dir, accelerator, callbacks)
     if not main:
-        return result
+        return TrainedRun(result.totals(), result.model)
     reference_source = "none" if reference is None else str(reference.path) if getattr(reference, "path", None) \
         else "live"
-    summary = finish_run(run_dir, trained, tokenizer, config, {
-        **data.summary, **result, "loss": config.loss, "dtype": dtype, "reference": reference_source,
+    extra = {"reference_rows_computed": reference.computed_rows} if hasattr(reference, "computed_rows") else {}
+    summary = finish_run(run_dir, result.model, tokenizer, config, {
+        **data.summary, **result.totals(), **extra, "loss": config.loss, "dtype": dtype, "reference": reference_source,
         "batch_size": config.batch_size,
-        "verdict": verdict(result.get("eval_end") or {}, result.get("eval_start"), reference_free=reference is None),
-        "estimated_memory_mb": estimated.total / 2**20}, accelerator, started, trained_state)
+        "verdict": verdict(result.eval_end or {}, result.eval_start, reference_free=reference is None),
+        "estimated_memory_mb": estimated.total / 2**20}, accelerator, started, result.state_dict)
     if not quiet:
         print(format_summary(summary))
-    return summary
+    return TrainedRun(summary, result.model)
 
 
 def describe_run(config: DPOConfig, data, estimated) -> str:

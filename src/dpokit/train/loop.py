@@ -1,68 +1,29 @@
 """The one training loop, top to bottom: schedule → eval/checkpoint → micro-steps → clip → step → log.
 
-DPO, SFT and Chain of Hindsight differ only in the objective handed to `train_loop` (train/objectives.py).
+What it optimises is the objective handed to it (train/objectives.py: DPO and its family, SFT, Chain of Hindsight);
+what it trains on is the data source handed to it (train/source.py); what it did comes back as a RunResult, and
+callbacks see every logged step and evaluation as it happens.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError, UserError
-from ..types import TokenizedPair
 from . import engine
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_pretrained_atomic
 from ..eval.intervals import with_intervals
 from .metrics import MetricsLog, MetricSums
-from .objectives import DPOObjective
+from .objectives import Objective
 from .setup import peak_rss_mb
+from .source import DataSource
 from .watch import OverfitWatch
-
-
-GROUP_WINDOW_BATCHES = 16  # length grouping sorts within windows of this many batches, keeping the order random
-
-
-def epoch_order(num_pairs: int, epoch: int, seed: int, batch_size: int, lengths: list[int] | None = None) -> list[int]:
-    """A seeded permutation of the pairs for one epoch; with `lengths`, sorted longest-first within windows of
-    GROUP_WINDOW_BATCHES batches so that a batch holds pairs of similar length (less padding)."""
-    perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-    if lengths is None:
-        return perm
-    window = batch_size * GROUP_WINDOW_BATCHES
-    return [i for w in range(0, num_pairs, window) for i in sorted(perm[w:w + window], key=lambda i: -lengths[i])]
-
-
-def pair_order(num_pairs: int, step: int, batch_size: int, seed: int, lengths: list[int] | None = None) -> list[int]:
-    """Indices of the pairs used at `step` (0-based): a flat stream of seeded per-epoch orders.
-
-    Derivable from the step alone, so a resumed run sees exactly the data an uninterrupted run would.
-    """
-    start, stop = step * batch_size, (step + 1) * batch_size
-    out, epoch = [], start // num_pairs
-    while len(out) < batch_size:
-        order = epoch_order(num_pairs, epoch, seed, batch_size, lengths)
-        lo = max(start - epoch * num_pairs, 0)
-        hi = min(stop - epoch * num_pairs, num_pairs)
-        out += order[lo:hi]
-        epoch += 1
-    return out
-
-
-def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
-    return [DPOObjective.length(p) for p in pairs]
-
-
-def pairs_reached(config, train_pairs: list[TokenizedPair]) -> list[int]:
-    """Every training pair index some step of this run will use (the reference cache fills only these)."""
-    n = len(train_pairs)
-    lengths = pair_lengths(train_pairs) if config.group_by_length else None
-    stream = total_steps(config, n) * config.batch_size  # positions in the flat stream of epoch orders
-    if stream >= n:
-        return list(range(n))  # a whole epoch reaches every pair
-    return sorted(epoch_order(n, 0, config.seed, config.batch_size, lengths)[:stream])
 
 
 @torch.no_grad()
@@ -158,20 +119,52 @@ def make_scheduler(optimizer, config, steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=steps)
 
 
-def train_dpo(policy, reference, tokenizer, train_pairs: list[TokenizedPair], eval_pairs: list[TokenizedPair],
-              config, run_dir: Path, accelerator=None) -> dict:
-    """Train `policy` against `reference` (a LiveReference or CachedReference); returns eval metrics and totals."""
-    return train_loop(policy, DPOObjective(reference, config), tokenizer, train_pairs, eval_pairs, config, run_dir,
-                      accelerator)
+@dataclass
+class RunResult:
+    """What one call of the loop did. `model` is the trained (unwrapped HF or peft) model; `state_dict` its gathered
+    weights where the model holds only shards (ZeRO-3, FSDP); the rest is what summary.json records."""
+
+    model: Any
+    state_dict: dict | None
+    steps: int
+    resumed_from: int
+    train_tokens: int
+    train_seconds: float
+    tokens_per_s: float
+    skipped_nonfinite: int
+    eval_start: dict
+    eval_end: dict
+    warnings: list[str]
+    best_step: int | None
+    stopped_early_at: int | None
+    peak_rss_mb_per_process: list[float]
+
+    def totals(self) -> dict:
+        """Every field but the model and its weights: plain values, ready for summary.json."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "state_dict")}
 
 
-def train_loop(model, objective, tokenizer, train_examples: list, eval_examples: list, config, run_dir: Path,
-               accelerator=None) -> dict:
-    """Train `model` on `objective` (DPOObjective, SFTObjective); returns eval metrics at start and end, and totals."""
+class Callback(Protocol):
+    """What a caller may watch while the loop runs (every method optional; a callback implements those it needs).
+
+    on_step(record): the metrics line of each optimizer step, on the main process, whether or not it is logged.
+    on_eval(step, metrics): each held-out evaluation (step 0 is the one before training)."""
+
+
+def notify(callbacks: Sequence[Callback], event: str, *args) -> None:
+    for callback in callbacks:
+        method = getattr(callback, event, None)
+        if method is not None:
+            method(*args)
+
+
+def train_loop(model, objective: Objective, tokenizer, source: DataSource, eval_examples: list, config, run_dir: Path,
+               accelerator=None, callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Train `model` on `objective`, drawing each step's examples from `source`; evaluate on `eval_examples`."""
     accelerator = accelerator or engine.make_accelerator(config)
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
-    lengths = [objective.length(e) for e in train_examples] if config.group_by_length else None
+    train_examples = source.examples
     micro_size = config.batch_size // config.grad_accum
     rank, world = accelerator.process_index, accelerator.num_processes
     if micro_size % world:
@@ -213,6 +206,8 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     if first_eval:
         log.write({"step": 0, **first_eval})
         after_eval(0, first_eval)
+        if main:
+            notify(callbacks, "on_eval", 0, first_eval)
     last_eval = first_eval
     stopped_early = None
 
@@ -221,7 +216,7 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     bar = tqdm(total=steps, initial=start_step, desc=objective.name, unit="step", dynamic_ncols=True, disable=not main)
     for step in range(start_step, steps):
         step_started = time.time()
-        indices = pair_order(len(train_examples), step, config.batch_size, config.seed, lengths)
+        indices = source.indices(step)
         # Each process takes its share of every micro-batch; DDP averages the gradients of the shares.
         micro_indices = [indices[m * micro_size:(m + 1) * micro_size][rank::world] for m in range(config.grad_accum)]
         micro_batches = [(objective.collate([train_examples[i] for i in idx], pad_id), idx) for idx in micro_indices]
@@ -248,10 +243,14 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
             warnings = after_eval(done, last_eval)
             if warnings:
                 record["warnings"] = warnings
+            if main:
+                notify(callbacks, "on_eval", done, last_eval)
             if config.early_stop and watch.should_stop() and done != steps:
                 stopped_early = done
         if done % config.log_every == 0 or done == steps or stopped_early:
             log.write(record)
+        if main:
+            notify(callbacks, "on_step", record)
         if config.save_every and done % config.save_every == 0 and done != steps:
             save_checkpoint(run_dir, done, accelerator, module, unwrap(), tokenizer, optimizer, scheduler,
                             totals={"tokens": tokens_seen, "skipped_nonfinite": skipped_steps, **watch.totals()})
@@ -273,8 +272,8 @@ def train_loop(model, objective, tokenizer, train_examples: list, eval_examples:
     if start_step:  # resumed: the run's true starting point is the step-0 line of metrics.jsonl
         first_eval = log.first_record() or first_eval
     elapsed = time.time() - started
-    return {"steps": stopped_early or steps, "resumed_from": start_step, "train_tokens": tokens_seen, "train_seconds": elapsed,
-            "tokens_per_s": (tokens_seen - tokens_at_start) / max(elapsed, 1e-9), "skipped_nonfinite": skipped_steps,
-            "eval_start": first_eval, "eval_end": last_eval, "warnings": watch.warnings,
-            "best_step": watch.best_step, "stopped_early_at": stopped_early, "policy": unwrap(),
-            "policy_state": policy_state, "peak_rss_mb_per_process": peaks}
+    return RunResult(model=unwrap(), state_dict=policy_state, steps=stopped_early or steps, resumed_from=start_step,
+                     train_tokens=tokens_seen, train_seconds=elapsed,
+                     tokens_per_s=(tokens_seen - tokens_at_start) / max(elapsed, 1e-9), skipped_nonfinite=skipped_steps,
+                     eval_start=first_eval, eval_end=last_eval, warnings=watch.warnings, best_step=watch.best_step,
+                     stopped_early_at=stopped_early, peak_rss_mb_per_process=peaks)

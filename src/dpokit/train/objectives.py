@@ -6,6 +6,8 @@ metrics. The loop knows nothing else about it.
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Protocol
+
 import torch
 
 from ..data.collate import collate_sequences, collator
@@ -13,6 +15,31 @@ from ..logprobs import PairLogpsModule, SequenceLogpsModule
 from ..losses import LOSSES, PairLogps, chosen_nll, loss_terms, sft_nll
 from ..types import LossOutput, PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
 from .metrics import METRIC_KEYS, pair_metrics
+
+
+class Objective(Protocol):
+    """What the loop asks of an objective; DPOObjective and SFTObjective are the two kinds dpokit ships."""
+
+    name: str  # the progress bar's label
+    metric_keys: tuple[str, ...]  # per-example metrics __call__ returns, averaged over a step or the held-out set
+    progress_key: str | None  # the metric the progress bar shows beside the loss
+    collate: Callable[[list, int], Any]  # (examples, pad id) → a batch
+
+    def wrap(self, model) -> torch.nn.Module:
+        """The module whose forward gives what __call__ needs (distributed wrappers sync gradients through forward)."""
+
+    def length(self, example) -> int:
+        """Tokens of one example, for --group-by-length."""
+
+    def begin_step(self, examples: list, shares: int) -> None:
+        """Called with a step's examples before its micro-batches (split into `shares` over micro-batches and
+        processes)."""
+
+    def __call__(self, module, batch, split: str, indices: list[int]) -> tuple[torch.Tensor, dict]:
+        """(mean loss of the micro-batch, per-example metrics) for split "train" or "eval"."""
+
+    def finish(self, means: dict[str, float]) -> dict[str, float]:
+        """Metrics derived from the averaged ones (e.g. a per-token loss from per-example sums)."""
 
 
 def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, strengths, config, labels=None) -> LossOutput:

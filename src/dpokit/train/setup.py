@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import shutil
 from pathlib import Path
@@ -10,6 +12,15 @@ import torch
 
 from ..errors import UserError
 from .checkpoint import latest_checkpoint
+
+
+@dataclass
+class TrainedRun:
+    """What a training command leaves: its summary (summary.json's content; on other processes than the main one,
+    the loop's totals) and the trained model."""
+
+    summary: dict
+    model: Any
 
 
 def prepare_run_dir(config, modify: bool = True) -> Path:
@@ -119,9 +130,11 @@ def leave_nothing_on_error(config, run_dir: Path, existed: bool, main: bool):
         raise
 
 
-def start_run(config):
+def start_run(config, tokenizer=None):
     """What every training command does first: one Accelerator, the run folder (checked by every process, made by
-    the main one), the dtype, and the model path and tokenizer (so data problems surface before weights load)."""
+    the main one), the dtype, and the model path and tokenizer (so data problems surface before weights load).
+
+    `tokenizer`: the Python API's, given with a model object; then there is no model path (None)."""
     import time
 
     from ..allocator import set_cpu_malloc
@@ -134,6 +147,12 @@ def start_run(config):
     accelerator = make_accelerator(config)
     run_dir = prepare_run_dir(config, modify=accelerator.is_main_process)
     accelerator.wait_for_everyone()
+    if tokenizer is not None:
+        if tokenizer.eos_token_id is None:
+            raise UserError("the tokenizer given has no EOS token; set tokenizer.eos_token")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token  # padding is masked out everywhere; any id will do
+        return started, accelerator, run_dir, run_dtype(config), None, tokenizer
     model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
     return started, accelerator, run_dir, run_dtype(config), model_path, tokenizer

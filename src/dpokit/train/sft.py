@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 from ..config import CoHConfig, SFTConfig, dump_config
 from ..data.prepare import reading, resolve_data_path, split_pairs
@@ -16,8 +17,9 @@ from ..data.tokenize import tokenize_examples
 from ..errors import UserError
 from ..models import load_policy
 from .loop import train_loop
-from .objectives import SFTObjective
-from .setup import finish_run, leave_nothing_on_error, start_run, summary_tail
+from .objectives import Objective, SFTObjective
+from .source import ShuffledSource
+from .setup import TrainedRun, finish_run, leave_nothing_on_error, start_run, summary_tail
 
 from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by `generate --coh`
 
@@ -52,7 +54,10 @@ def prepare_sft_data(config: SFTConfig, tokenizer):
     return tokenized["train"], tokenized["eval"], summary
 
 
-def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
+def run_sft(config: SFTConfig, *, quiet: bool = False, objective: Objective | None = None,
+            callbacks: Sequence = ()) -> TrainedRun:
+    """`dpokit sft` and `dpokit coh`. `objective`: another objective for the same data (default: the per-token NLL
+    of SFTObjective)."""
     existed = Path(config.output).exists()
     started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config)
     main = accelerator.is_main_process
@@ -62,20 +67,21 @@ def run_sft(config: SFTConfig, *, quiet: bool = False) -> dict:
     if main:
         dump_config(config, run_dir / "config.yaml")
 
-    result = train_loop(model, SFTObjective(config), tokenizer, train, held_out, config, run_dir, accelerator)
-    trained, trained_state = result.pop("policy"), result.pop("policy_state")
+    objective = objective or SFTObjective(config)
+    source = ShuffledSource.for_run(train, config, objective.length)
+    result = train_loop(model, objective, tokenizer, source, held_out, config, run_dir, accelerator, callbacks)
     if not main:
-        return result
+        return TrainedRun(result.totals(), result.model)
     command = "coh" if isinstance(config, CoHConfig) else "sft"
-    summary = finish_run(run_dir, trained, tokenizer, config, {"command": command, **data_summary, **result,
-                                                                "dtype": dtype}, accelerator, started,
-                         trained_state)
+    summary = finish_run(run_dir, result.model, tokenizer, config, {"command": command, **data_summary,
+                                                                     **result.totals(), "dtype": dtype},
+                         accelerator, started, result.state_dict)
     if isinstance(config, CoHConfig):
         phrases = {"positive": config.positive, "negative": config.negative}
         (run_dir / "final" / COH_FILE).write_text(json.dumps(phrases), encoding="utf-8")
     if not quiet:
         print(format_sft_summary(summary))
-    return summary
+    return TrainedRun(summary, result.model)
 
 
 def format_sft_summary(s: dict) -> str:
