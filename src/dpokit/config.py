@@ -161,6 +161,8 @@ def check_train_config(c: TrainConfig) -> None:
         bad("pairs", f"unknown policy {c.pairs!r}; choose one of {', '.join(PAIRING)}")
     if c.batch_size < 1 or c.grad_accum < 1 or c.batch_size % c.grad_accum:
         bad("batch_size", f"{c.batch_size} examples per step must split into grad_accum={c.grad_accum} equal micro-batches")
+    if c.max_prompt_length is not None and c.max_prompt_length < 1:
+        bad("max_prompt_length", f"{c.max_prompt_length} leaves no prompt; give at least 1 (or leave it unset)")
     if c.max_prompt_length is not None and c.max_prompt_length >= c.max_length:
         bad("max_prompt_length", f"{c.max_prompt_length} must be below max_length={c.max_length} to leave room for answers")
     if c.max_steps is not None and c.max_steps < 1:
@@ -265,6 +267,11 @@ def build_config(cls, values: dict[str, Any], source: str = "config"):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(fields)}")
+    missing = [f for f in fields.values() if f.metadata.get("required") and values.get(f.name) is None]
+    if missing:
+        f = missing[0]
+        named = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
+        raise UserError(f"{named} is required (or `{f.name}:` in a --config file)")
     clean = {}
     for key, value in values.items():
         typ = _field_type(cls, fields[key])
@@ -282,20 +289,26 @@ def build_config(cls, values: dict[str, Any], source: str = "config"):
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field: --learning-rate for learning_rate. Defaults are left out so we know what was set."""
+    """One flag per field: --learning-rate for learning_rate (a positional argument where the field says so, older
+    spellings as aliases). Defaults are left out of the parser so we know what was set; help shows each once."""
     parser.add_argument("--config", help="YAML file with any of the keys below (flags given here win)")
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
         typ = _field_type(cls, f)
         help_text = f.metadata["help"]
-        if "default" not in help_text:  # a help that explains its own default says it once
+        if f.metadata.get("required"):
+            help_text += " (required)"
+        elif "default" not in help_text:  # a help that explains its own default says it once
             help_text += f" (default: {f.default})"
         help_text = help_text.replace("%", "%%")  # argparse %-formats help
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="?", default=None, help=help_text, metavar=f.name.upper())
+            continue
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         if typ is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+            parser.add_argument(*flags, dest=f.name, action="store_true", default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=typ, default=None, help=help_text, choices=f.metadata.get("choices"),
-                                metavar=f.name.upper())
+            parser.add_argument(*flags, dest=f.name, type=typ, default=None, help=help_text,
+                                choices=f.metadata.get("choices"), metavar=f.name.upper())
 
 
 def config_from_args(cls, args: argparse.Namespace):

@@ -3,6 +3,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dpokit.config import DPOConfig, add_arguments, build_config, config_from_args, read_yaml
 from dpokit.errors import UserError
@@ -71,7 +72,80 @@ def test_every_output_is_spelled_output_and_the_old_out_still_works():
     for argv in (["export", "run", "--merge", "--output", "d"], ["generate", "--model", "m", "--prompts", "p",
                                                                  "--output", "d"], ["eval", "--model", "m", "--output", "d"],
                  ["score", "--model", "m", "--output", "d"], ["export", "run", "--out", "d"]):
-        assert parser.parse_args(argv).out == "d", argv
+        assert parser.parse_args(argv).output == "d", argv
     for name, sub in subparsers().items():
         flags = {s for a in sub._actions for s in a.option_strings}
         assert "--out" not in flags or "--output" in flags, name
+
+
+# Every command reads a YAML --config through its own dataclass, flags win over the file, unknown keys are refused.
+YAML_PER_COMMAND = {
+    "dpo": {"beta": 0.3, "loss": ["sigmoid", "sft"], "loss_weights": "1,0.5", "output": "runs/x"},
+    "sft": {"packing": True, "max_length": 128, "output": "runs/s"},
+    "coh": {"positive": "Good:", "negative": "Bad:", "output": "runs/c"},
+    "validate": {"path": "pairs.jsonl", "max_length": 128, "no_tokens": True, "pairs": "all-pairs"},
+    "report": {"run": "runs/x"},
+    "generate": {"model": "m", "prompts": "p.txt", "output": "o.jsonl", "temperature": 0.0, "best_of": 2},
+    "eval": {"model": "runs/x", "split": "heldout", "beta": 0.2, "columns": {"prompt": "q", "chosen": "a",
+                                                                             "rejected": "b"}},
+    "score": {"model": "m", "prompt": "hi", "candidates": "c.txt", "output": "s.jsonl", "max_length": 128},
+    "chat": {"model": "m", "system": "be brief", "seed": 3},
+    "export": {"source": "runs/x", "output": "out", "merge": True},
+    "plan": {"model": "m", "gpus": 4, "gpu_mem_gb": 24, "lora": True, "zero": "3"},
+}
+FLAG_OVER_YAML = {  # command: (flags, key, value the flags give)
+    "dpo": (["--beta", "0.5"], "beta", 0.5), "sft": (["--max-length", "256"], "max_length", 256),
+    "coh": (["--positive", "Fine:"], "positive", "Fine:"), "validate": (["--max-length", "64"], "max_length", 64),
+    "report": (["runs/y"], "run", "runs/y"), "generate": (["--temperature", "0.5"], "temperature", 0.5),
+    "eval": (["--split", "train"], "split", "train"), "score": (["--out", "t.jsonl"], "output", "t.jsonl"),
+    "chat": (["--seed", "4"], "seed", 4), "export": (["--output", "elsewhere"], "output", "elsewhere"),
+    "plan": (["--gpu-mem", "40"], "gpu_mem_gb", 40.0)}
+
+
+def test_every_command_has_a_yaml_test():
+    assert set(YAML_PER_COMMAND) == set(subparsers()) - {"pipeline"}  # pipeline's config file is its recipe
+
+
+@pytest.mark.parametrize("command", sorted(YAML_PER_COMMAND))
+def test_every_command_reads_yaml_and_flags_win(command, tmp_path):
+    from dpokit.cli import build_parser
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(YAML_PER_COMMAND[command], sort_keys=False))
+    args = build_parser().parse_args([command, "--config", str(path)])
+    config = config_from_args(args.config_class, args)
+    for key, value in YAML_PER_COMMAND[command].items():
+        got = getattr(config, key)
+        if key == "columns":
+            assert got == "prompt=q,chosen=a,rejected=b"
+        elif isinstance(value, list):
+            assert got == ",".join(value)
+        else:
+            assert got == value, key
+    flags, key, value = FLAG_OVER_YAML[command]
+    args = build_parser().parse_args([command, "--config", str(path), *flags])
+    overridden = config_from_args(args.config_class, args)
+    assert getattr(overridden, key) == value != getattr(config, key)
+    assert dataclasses.replace(overridden, **{key: getattr(config, key)}) == config  # nothing else changed
+
+
+@pytest.mark.parametrize("command", sorted(YAML_PER_COMMAND))
+def test_every_command_refuses_an_unknown_key(command, tmp_path, capsys):
+    from dpokit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**YAML_PER_COMMAND[command], "nonsense": 1}))
+    assert main([command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: unknown key 'nonsense'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,named", [(["generate", "--prompts", "p", "--output", "o"], "--model"),
+                                        (["export", "--output", "o"], "SOURCE"), (["report"], "RUN"),
+                                        (["plan"], "--model")])
+def test_a_missing_required_setting_is_one_line(argv, named, capsys):
+    from dpokit.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dpokit: error: {named} is required") and err.count("\n") == 1

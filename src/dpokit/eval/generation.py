@@ -110,7 +110,7 @@ def generation_command(args) -> int:
         raise UserError(f"--k must be at least 1, got {args.k}")
     models = resolve_models(args.model, args.ref, allow_pickle=args.allow_pickle)
     beta = setting(args.beta, models.run_config, "beta", 0.1)
-    out = Path(args.out) if args.out else default_out(models, "eval-generate")
+    out = Path(args.output) if args.output else default_out(models, "eval-generate")
     if out.exists() and out.is_dir() and any(out.iterdir()) and not args.overwrite:
         prepare_out(out, False)  # fail before any model loads
     prompts, where, template = eval_prompts(args, models)

@@ -150,7 +150,7 @@ def preference_command(args) -> int:
     beta = setting(args.beta, models.run_config, "beta", 0.1)
     if beta <= 0:
         raise UserError(f"--beta must be > 0, got {beta}")
-    out = Path(args.out) if args.out else default_out(models, f"eval-{args.split}")
+    out = Path(args.output) if args.output else default_out(models, f"eval-{args.split}")
     if out.exists() and out.is_dir() and any(out.iterdir()) and not args.overwrite:
         prepare_out(out, False)  # fail before any model loads
     from ..models import load_tokenizer

@@ -104,7 +104,7 @@ def score_command(args) -> int:
                         "candidates)")
     if args.candidates is not None and args.prompt is None:
         raise UserError("--candidates needs --prompt TEXT (or use --candidates-jsonl with a prompt per row)")
-    out = Path(args.out)
+    out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     if args.candidates is not None:
