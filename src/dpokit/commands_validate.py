@@ -42,13 +42,13 @@ def _clip(text: str, limit: int = 120) -> str:
 
 def feedback_command(args, columns) -> int:
     """`dpokit validate` on thumbs-up/down rows: shape, counts by label, problems (no token table: pairs only)."""
-    from .data.feedback import load_feedback
+    from .data.feedback import desirable_count, load_feedback
 
     report = load_feedback(resolve_data_path(args.path), skip_invalid=True, columns=columns)
     dropped = report.dropped_counts()
     lines = [f"file:        {report.path}", f"shape:       {report.shape}", f"rows:        {report.num_rows}",
-             f"examples:    {len(report.examples)} ({report.desirable} desirable, "
-             f"{len(report.examples) - report.desirable} undesirable): for --loss kto",
+             f"examples:    {len(report.examples)} ({desirable_count(report.examples)} desirable, "
+             f"{len(report.examples) - desirable_count(report.examples)} undesirable): for --loss kto",
              f"dropped:     {len(report.problems)}" + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})"
                                                         if dropped else "")]
     lines += [f"  [{p.kind}] {p.line()}" for p in report.problems[:10]]

@@ -2,12 +2,11 @@
 import json
 
 import pytest
-import torch
 
 from dpokit.cli import main
 from dpokit.config import DPOConfig
 from dpokit.errors import NonFiniteError, UserError
-from dpokit.memory import MemoryEstimate, check_fits, estimate
+from dpokit.memory import check_fits, estimate
 from dpokit.models import resolve_model_path
 from dpokit.api import train
 from dpokit.train import loop as loop_module

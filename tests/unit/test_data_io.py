@@ -263,4 +263,4 @@ def test_csv_header_with_repeated_column(tmp_path):
 def test_invalid_parquet(tmp_path):
     path = tmp_path / "pairs.parquet"
     path.write_bytes(b"not parquet at all")
-    assert one_line_error(path).startswith(f"pairs.parquet: not a valid Parquet file")
+    assert one_line_error(path).startswith("pairs.parquet: not a valid Parquet file")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dpokit.data.feedback import label_of, load_feedback, with_mismatched
+from dpokit.data.feedback import desirable_count, label_of, load_feedback, with_mismatched
 from dpokit.data.validate import FeedbackRows, load_pairs
 from dpokit.errors import DataError
 from dpokit.types import PreferencePair
@@ -35,7 +35,7 @@ def test_unpaired_rows_and_their_mismatched_answers(tmp_path):
                             {"prompt": "p2", "completion": "a2", "label": 0},
                             {"prompt": [{"role": "user", "content": "p3"}], "completion": "a3", "label": True}])
     report = load_feedback(path)
-    assert report.shape == "unpaired" and report.desirable == 2 and len(report.examples) == 3
+    assert report.shape == "unpaired" and desirable_count(report.examples) == 2 and len(report.examples) == 3
     pairs = with_mismatched(report.examples)
     assert [(p.chosen, p.rejected, p.label) for p in pairs] == [("a1", "a3", True), ("a2", "a1", False),
                                                                ("a3", "a2", True)]

@@ -13,7 +13,7 @@ feedback; the shared layout [prompt | answer | mismatched answer] then gives bot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..types import PreferencePair
@@ -21,7 +21,7 @@ from .adapters import (RowError, _describe, _messages, _single_assistant, _text,
                        text_or_messages)
 from .columns import ColumnMap
 from .io import read_records
-from .validate import Problem, adapted_rows, count_dropped, row_pairs, stop_on_problems
+from .validate import LoadReport, Problem, adapted_rows, row_pairs, stop_on_problems
 
 _TRUE = {"true", "1", "up", "yes", "good", "thumbs_up", "👍"}
 _FALSE = {"false", "0", "down", "no", "bad", "thumbs_down", "👎"}
@@ -35,21 +35,8 @@ class FeedbackExample:
     origin: str
 
 
-@dataclass
-class FeedbackReport:
-    path: str
-    shape: str | None
-    examples: list[FeedbackExample]
-    num_rows: int
-    problems: list[Problem] = field(default_factory=list)
-    columns: ColumnMap | None = None
-
-    def dropped_counts(self) -> dict[str, int]:
-        return count_dropped(self.problems)
-
-    @property
-    def desirable(self) -> int:
-        return sum(e.desirable for e in self.examples)
+def desirable_count(examples: list[FeedbackExample]) -> int:
+    return sum(e.desirable for e in examples)
 
 
 def is_feedback_label(raw) -> bool:
@@ -86,10 +73,10 @@ def to_feedback(value: dict, origin: str) -> FeedbackExample:
 
 
 def load_feedback(path: str | Path, *, skip_invalid: bool = False, columns: ColumnMap | None = None,
-                  pairs: str = "best-vs-worst") -> FeedbackReport:
+                  pairs: str = "best-vs-worst") -> LoadReport:
     """Every row of ``path`` as feedback: unpaired rows as they are, pairs (or ranked lists, by ``pairs``) in two."""
     records = read_records(path)
-    report = FeedbackReport(str(path), None, [], len(records), columns=columns)
+    report = LoadReport(str(path), None, [], len(records), columns=columns)  # its examples: the feedback
 
     def adapt(value, origin: str):
         if detect_shape(value, origin) == "unpaired":

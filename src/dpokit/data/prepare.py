@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..types import PreferencePair, TokenizedPair
 from .columns import parse_columns
-from .tokenize import tokenize_pairs
+from .tokenize import tokenize_examples, tokenize_pairs
 from .validate import list_summary, load_pairs
 
 BUNDLED_PREFIX = "bundled:"
@@ -101,8 +101,10 @@ def tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary: dict | 
 
 def feedback_summary(path: str, report) -> dict:
     """A feedback file's summary: the file's, and its thumbs-up and thumbs-down counts."""
-    return {**file_summary(path, report),
-            "feedback": {"desirable": report.desirable, "undesirable": len(report.examples) - report.desirable}}
+    from .feedback import desirable_count
+
+    up = desirable_count(report.examples)
+    return {**file_summary(path, report), "feedback": {"desirable": up, "undesirable": len(report.examples) - up}}
 
 
 def load_both(config, load, describe) -> tuple:
@@ -139,3 +141,34 @@ def prepare_preference_data(config, tokenizer) -> PreparedData:
     train_report, eval_report, summary = load_both(config, load_pairs, data_summary)
     train_pairs, eval_pairs = split_pairs(config, train_report.pairs, eval_report.pairs if eval_report else None)
     return tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary)
+
+
+def load_sft_file(config, path: str):
+    """SFT examples of one file, or (CoHConfig) the Chain of Hindsight examples made of its pairs."""
+    from ..config import CoHConfig
+    from .sft import load_coh_examples, load_sft_examples
+
+    read = reading(config)
+    if isinstance(config, CoHConfig):
+        return load_coh_examples(resolve_data_path(path), config.positive, config.negative,
+                                 skip_invalid=config.skip_invalid, **read)
+    return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid, columns=read["columns"])
+
+
+def prepare_sft_data(config, tokenizer):
+    """Examples → held-out split by prompt → token ids with a loss mask; every data problem surfaces here."""
+    report = load_sft_file(config, config.data)
+    summary = {"data": file_summary(config.data, report)}
+    eval_examples = load_sft_file(config, config.eval_data).examples if config.eval_data else None
+    train, held_out = split_pairs(config, report.examples, eval_examples)
+    counts, tokenized = Counter(), {}
+    for name, examples in (("train", train), ("eval", held_out)):
+        tokenized[name], c = tokenize_examples(tokenizer, examples, max_length=config.max_length,
+                                               max_prompt_length=config.max_prompt_length,
+                                               skip_invalid=config.skip_invalid)
+        counts.update({f"{name}/{k}": v for k, v in c.items()})
+    if not tokenized["train"]:
+        raise UserError(f"{config.data}: no training examples left after validation and tokenization")
+    summary["tokenization"] = dict(counts)
+    summary["examples"] = {"train": len(tokenized["train"]), "eval": len(tokenized["eval"])}
+    return tokenized["train"], tokenized["eval"], summary

@@ -17,7 +17,7 @@ from dpokit.data.columns import ColumnMap
 from dpokit.data.io import read_records
 from dpokit.data.lists import list_pairs
 from dpokit.errors import DataError
-from dpokit.types import PreferencePair, SFTExample
+from dpokit.types import PreferencePair
 
 KINDS = ("invalid", "shape", "empty_completion", "identical", "duplicate")
 MAX_LISTED = 10
@@ -42,8 +42,9 @@ class Problem:
 
 @dataclass
 class LoadReport:
-    """What a loader read from one file: the pair loader fills ``pairs``, the SFT loaders ``examples`` (a Chain of
-    Hindsight load both: the pairs read and the examples made of them); every loader lists its dropped rows."""
+    """What a loader read from one file: the pair loader fills ``pairs``, the SFT and feedback loaders ``examples``
+    (a Chain of Hindsight load both: the pairs read and the examples made of them); every loader lists its dropped
+    rows."""
 
     path: str
     shape: str | None  # the file's shape, from its first valid row (None if no row was valid)
@@ -54,7 +55,7 @@ class LoadReport:
     first_mapped: dict | None = None  # the first row as the mapping made it (shown by validate)
     pairing: str | None = None  # the list policy, when ranked rows were read
     lists: Counter = field(default_factory=Counter)  # ranked rows read, pairs made, pairs dropped by reason
-    examples: list[SFTExample] = field(default_factory=list)
+    examples: list = field(default_factory=list)  # SFT examples, or feedback examples (KTO)
 
     def dropped_counts(self) -> dict[str, int]:
         return count_dropped(self.problems)

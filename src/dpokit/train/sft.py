@@ -6,15 +6,11 @@ data differs, and the run's final/ folder records the feedback phrases for `dpok
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from ..config import CoHConfig, SFTConfig, dump_config
-from ..data.prepare import reading, resolve_data_path, split_pairs
-from ..data.sft import load_coh_examples, load_sft_examples
-from ..data.tokenize import tokenize_examples
-from ..errors import UserError
+from ..data.prepare import prepare_sft_data
 from ..models import load_policy
 from .loop import train_loop
 from .objectives import Objective, SFTObjective
@@ -22,36 +18,6 @@ from .source import ShuffledSource
 from .setup import TrainedRun, finish_run, leave_nothing_on_error, start_run, summary_tail
 
 from ..generate import COH_FILE  # the feedback phrases of a CoH model, read by `generate --coh`
-
-
-def load_examples(config: SFTConfig, path: str):
-    read = reading(config)
-    if isinstance(config, CoHConfig):
-        return load_coh_examples(resolve_data_path(path), config.positive, config.negative,
-                                 skip_invalid=config.skip_invalid, **read)
-    return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid, columns=read["columns"])
-
-
-def prepare_sft_data(config: SFTConfig, tokenizer):
-    """Examples → held-out split by prompt → token ids with a loss mask; every data problem surfaces here."""
-    report = load_examples(config, config.data)
-    summary = {"data": {"path": config.data, "shape": report.shape, "rows": report.num_rows,
-                        "dropped": report.dropped_counts()}}
-    if config.columns:
-        summary["data"]["columns"] = config.columns
-    eval_examples = load_examples(config, config.eval_data).examples if config.eval_data else None
-    train, held_out = split_pairs(config, report.examples, eval_examples)
-    counts, tokenized = Counter(), {}
-    for name, examples in (("train", train), ("eval", held_out)):
-        tokenized[name], c = tokenize_examples(tokenizer, examples, max_length=config.max_length,
-                                               max_prompt_length=config.max_prompt_length,
-                                               skip_invalid=config.skip_invalid)
-        counts.update({f"{name}/{k}": v for k, v in c.items()})
-    if not tokenized["train"]:
-        raise UserError(f"{config.data}: no training examples left after validation and tokenization")
-    summary["tokenization"] = dict(counts)
-    summary["examples"] = {"train": len(tokenized["train"]), "eval": len(tokenized["eval"])}
-    return tokenized["train"], tokenized["eval"], summary
 
 
 def run_sft(config: SFTConfig, *, quiet: bool = False, objective: Objective | None = None,
