@@ -3,7 +3,7 @@
 A prompt is plain text or a list of chat messages ({"role", "content"}; a string counts as one user message).
 Messages always go through the template when the tokenizer has one; plain text does too unless the caller asks
 `template=False`, the way dpokit trains plain-text pairs (verbatim). Training (data/tokenize), sampling (generate)
-and reward models (eval/rewards) all render here, so one prompt reads the same to each of them.
+and judges (judges/) all render here, so one prompt reads the same to each of them.
 """
 from __future__ import annotations
 

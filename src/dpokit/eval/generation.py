@@ -16,7 +16,8 @@ from ..data.prepare import prompt_key
 from ..errors import UserError
 from ..generate import generate, read_prompts
 from .files import default_out, is_run_dir, load_models, prepare_out, resolve_models, write_json, write_jsonl
-from .rewards import Sample, add_logps, load_reward
+from ..judges import Sample, load_judge
+from ..judges.implicit import add_logps
 from .samples import kl_estimate
 
 
@@ -115,7 +116,7 @@ def generation_command(args) -> int:
         prepare_out(out, False)  # fail before any model loads
     prompts, where, template = eval_prompts(args, models)
     policy, reference, tokenizer = load_models(models, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    reward = load_reward(args.reward, policy=policy, reference=reference, beta=beta, pad_id=tokenizer.pad_token_id,
+    reward = load_judge(args.reward, policy=policy, reference=reference, beta=beta, pad_id=tokenizer.pad_token_id,
                          batch_size=args.batch_size)
     summary, rows = evaluate_generation(policy, reference, tokenizer, prompts, reward, k=args.k,
                                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -149,7 +150,7 @@ def best_of_file(model: str, prompts_path: str, out_path: str, *, n: int, judge_
     rows = read_prompts(prompts_path)  # bad input fails before any weights load
     models = resolve_models(model, judge_ref if implicit else None, need_ref=implicit)
     policy, reference, tokenizer = load_models(models)
-    score = load_reward(reward, policy=policy, reference=reference, beta=beta, pad_id=tokenizer.pad_token_id,
+    score = load_judge(reward, policy=policy, reference=reference, beta=beta, pad_id=tokenizer.pad_token_id,
                         batch_size=batch_size)
     samples = draw(policy, tokenizer, [p for _, p in rows], n, batch_size=batch_size, template=template, **sampling)
     scores = score(samples)
