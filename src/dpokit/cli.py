@@ -155,6 +155,13 @@ def cmd_export(config) -> int:
     return 0
 
 
+def cmd_iterate(config) -> int:
+    from .train.iterate import run_iterate
+
+    run_iterate(config)
+    return 0
+
+
 def cmd_plan(config) -> int:
     from .commands_plan import plan_command
 
@@ -210,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--nproc", type=int, default=1, help="train with N processes (DDP via accelerate launch; "
                              "batch-size must divide by grad-accum × N)")
         command.set_defaults(func=cmd_dpo if name == "dpo" else cmd_sft, config_class=getattr(config, cls_name))
+    iterate = add("iterate", "online / iterative DPO: rounds of sampling from the policy, judging with a local judge, "
+                             "pairing and training", "Each round: K samples per prompt from the current policy, scored "
+                             "by --judge, paired (best vs worst by default), DPO on the pairs warm-started from the last "
+                             "round against the starting model, and held-out reward, win rate, KL and length.")
+    add_arguments(iterate, config.IterateConfig)
+    iterate.set_defaults(func=cmd_iterate, config_class=config.IterateConfig, takes_config=True)
     pipeline = add("pipeline", "SFT then DPO in one command, from a recipe (recipes/*.yaml); the DPO reference is the "
                                "SFT result")
     pipeline.add_argument("--config", required=True, help="recipe YAML: model, output, sft: {...}, dpo: {...} (its "

@@ -10,14 +10,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, ClassVar, Optional, get_type_hints
 
 import yaml
 
 from .data.columns import parse_columns
 from .data.lists import POLICIES as PAIRING
 from .errors import UserError
-from .losses import LOSSES, loss_terms, needs_reference
+from .losses import LOSSES, is_feedback_loss, loss_terms, needs_reference
 from .models import DTYPES, EMBEDDED_MODEL
 
 DEFAULT_DATA = "bundled:hh-rlhf-harmless"  # the sample shipped inside the package
@@ -146,6 +146,69 @@ class CoHConfig(SFTConfig):
     output: str = opt("runs/coh", "run folder: metrics.jsonl, config.yaml, checkpoints, final/")
     positive: str = opt("A helpful answer:", "feedback phrase before the chosen answer (and, at inference, before generation)")
     negative: str = opt("An unhelpful answer:", "feedback phrase before the rejected answer")
+
+
+@dataclass(frozen=True)
+class IterateConfig(DPOConfig):
+    """`dpokit iterate`: the DPO settings apply to every round's training; these say how rounds make their pairs."""
+
+    NOT_FLAGS: ClassVar[tuple[str, ...]] = ("data", "eval_data", "eval_fraction", "columns", "pairs", "max_eval_pairs",
+                                            "ref")  # iterate makes its own pairs: refused in a config file too
+
+    prompts: Optional[str] = opt(None, "prompts to sample from: .jsonl/.json/.csv/.parquet with a `prompt` field (text "
+                                       "or chat messages) or .txt, one per line", required=True)
+    judge: Optional[str] = opt(None, "who scores the samples: hf:DIR (a reward model, e.g. from dpokit reward), "
+                                     "py:MODULE:FUNCTION, implicit (the policy itself), llm:DIR (pairwise) or "
+                                     "llm-rubric:DIR (5-point rubric)", required=True)
+    output: str = opt("runs/iterate", "run folder: rounds.jsonl, round-R/ (samples, judgments, pairs, train/), "
+                                      "report.png")
+    rounds: int = opt(3, "rounds of sample → judge → pair → train → evaluate")
+    samples_per_prompt: int = opt(4, "K: responses sampled per prompt each round")
+    prompts_per_round: int = opt(64, "P: training prompts sampled each round (the next P of a seeded order, wrapping)")
+    pairing: str = opt("best-vs-worst", "how a prompt's K scored samples become pairs: best-vs-worst, random-pair "
+                                        "(OAIF) or all-pairs; ties and identical texts are dropped",
+                       choices=("best-vs-worst", "random-pair", "all-pairs"))
+    min_gap: float = opt(0.0, "drop a pair whose two scores differ by less than this")
+    allow_truncated_chosen: bool = opt(False, "let a sample cut off by --max-new-tokens (no EOS) be chosen (off: it "
+                                              "may only be rejected)")
+    accumulate: bool = opt(False, "train each round on all pairs so far (off: on the round's new pairs)")
+    reference: str = opt("start", "the DPO reference of every round: start (the starting model) or previous (the "
+                                  "policy as the round began)", choices=("start", "previous"))
+    eval_prompts: int = opt(16, "prompts held out of every round (a seeded choice), sampled after each round")
+    eval_samples: int = opt(2, "samples per held-out prompt")
+    temperature: float = opt(1.0, "sampling temperature (0: greedy, which gives K equal samples)")
+    top_p: float = opt(1.0, "nucleus sampling threshold")
+    max_new_tokens: int = opt(64, "tokens sampled at most per response")
+    sample_batch_size: int = opt(16, "prompts per generate call and responses per judge or log-prob batch")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_iterate_config(self)
+
+
+def check_iterate_config(c: IterateConfig) -> None:
+    def bad(key: str, why: str):
+        raise UserError(f"config: {key}: {why}")
+
+    for key, default in (("data", DEFAULT_DATA), ("eval_data", None), ("eval_fraction", None), ("columns", None),
+                         ("max_eval_pairs", None), ("pairs", "best-vs-worst")):
+        if getattr(c, key) != default:
+            bad(key, "iterate makes its own pairs from --prompts and --judge each round; drop it")
+    if c.ref:
+        bad("ref", "iterate's reference is the starting model (or, with --reference previous, the last round's); "
+                   "drop --ref")
+    for key in ("rounds", "samples_per_prompt", "prompts_per_round", "eval_samples", "max_new_tokens",
+                "sample_batch_size"):
+        if getattr(c, key) < 1:
+            bad(key, f"must be at least 1, got {getattr(c, key)}")
+    if c.samples_per_prompt < 2:
+        bad("samples_per_prompt", "a pair needs at least 2 samples of a prompt")
+    if c.eval_prompts < 0 or c.min_gap < 0:
+        bad("eval_prompts" if c.eval_prompts < 0 else "min_gap", "must not be negative")
+    if c.temperature == 0:
+        bad("temperature", "greedy sampling gives K identical samples of a prompt, so no pairs; use a temperature > 0")
+    if is_feedback_loss(c.loss):
+        bad("loss", "kto trains on thumbs-up/down examples; iterate makes pairs: use a pair loss")
 
 
 def check_train_config(c: TrainConfig) -> None:
@@ -293,6 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     spellings as aliases). Defaults are left out of the parser so we know what was set; help shows each once."""
     parser.add_argument("--config", help="YAML file with any of the keys below (flags given here win)")
     for f in dataclasses.fields(cls):
+        if f.name in getattr(cls, "NOT_FLAGS", ()):
+            continue
         typ = _field_type(cls, f)
         help_text = f.metadata["help"]
         if f.metadata.get("required"):

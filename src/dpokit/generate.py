@@ -103,7 +103,7 @@ def cut_at_negative(completion: str, phrases: CohPhrases) -> str:
 
 # ---- sampling -----------------------------------------------------------------------------------------------------
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [] if configured is None else [configured]
     return sorted(set(ids) | {tokenizer.eos_token_id})
@@ -115,7 +115,7 @@ def sampling_args(model, tokenizer, *, max_new_tokens: int, temperature: float, 
         raise UserError(f"need temperature >= 0, 0 < top-p <= 1 and max-new-tokens >= 1 "
                         f"(got {temperature}, {top_p}, {max_new_tokens})")
     args = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": _eos_ids(model, tokenizer)}
+            "eos_token_id": eos_ids(model, tokenizer)}
     if temperature == 0:
         return {**args, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     return {**args, "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}

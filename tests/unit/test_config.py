@@ -92,6 +92,7 @@ YAML_PER_COMMAND = {
     "chat": {"model": "m", "system": "be brief", "seed": 3},
     "export": {"source": "runs/x", "output": "out", "merge": True},
     "plan": {"model": "m", "gpus": 4, "gpu_mem_gb": 24, "lora": True, "zero": "3"},
+    "iterate": {"model": "m", "prompts": "p.txt", "judge": "py:j.py:f", "rounds": 2, "pairing": "random-pair"},
 }
 FLAG_OVER_YAML = {  # command: (flags, key, value the flags give)
     "dpo": (["--beta", "0.5"], "beta", 0.5), "sft": (["--max-length", "256"], "max_length", 256),
@@ -99,7 +100,7 @@ FLAG_OVER_YAML = {  # command: (flags, key, value the flags give)
     "report": (["runs/y"], "run", "runs/y"), "generate": (["--temperature", "0.5"], "temperature", 0.5),
     "eval": (["--split", "train"], "split", "train"), "score": (["--out", "t.jsonl"], "output", "t.jsonl"),
     "chat": (["--seed", "4"], "seed", 4), "export": (["--output", "elsewhere"], "output", "elsewhere"),
-    "plan": (["--gpu-mem", "40"], "gpu_mem_gb", 40.0)}
+    "plan": (["--gpu-mem", "40"], "gpu_mem_gb", 40.0), "iterate": (["--min-gap", "0.5"], "min_gap", 0.5)}
 
 
 def test_every_command_has_a_yaml_test():
@@ -142,10 +143,22 @@ def test_every_command_refuses_an_unknown_key(command, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,named", [(["generate", "--prompts", "p", "--output", "o"], "--model"),
                                         (["export", "--output", "o"], "SOURCE"), (["report"], "RUN"),
-                                        (["plan"], "--model")])
+                                        (["plan"], "--model"), (["iterate", "--prompts", "p"], "--judge")])
 def test_a_missing_required_setting_is_one_line(argv, named, capsys):
     from dpokit.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"dpokit: error: {named} is required") and err.count("\n") == 1
+
+
+def test_iterate_refuses_the_settings_it_makes_itself(tmp_path, capsys):
+    from dpokit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"prompts": "p.txt", "judge": "py:j.py:f", "data": "pairs.jsonl"}))
+    assert main(["iterate", "--config", str(path)]) == 2
+    assert "data: iterate makes its own pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # not a flag of iterate at all: argparse's usage error
+        main(["iterate", "--prompts", "p", "--judge", "j", "--data", "x"])
+    assert exited.value.code == 2 and "unrecognized arguments: --data" in capsys.readouterr().err

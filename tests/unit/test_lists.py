@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpokit.data.adapters import RowError, detect_shape
 from dpokit.data.lists import best_answer, list_pairs
@@ -146,3 +148,50 @@ def test_a_file_of_ties_only_is_refused_with_the_counts(tmp_path):
     path = write(tmp_path, [{"prompt": "q", "responses": ["x", "y"], "scores": [1, 1]}])
     with pytest.raises(DataError, match=r"no pairs: the 1 ranked rows made none \(tie 1\)"):
         load_pairs(path)
+
+
+# ---- sampled lists (dpokit iterate): scored_pairs with a minimum gap, answers that may not win, random pairs ----
+
+def test_scored_pairs_drop_ties_identical_texts_small_gaps_and_truncated_winners():
+    from dpokit.data.lists import scored_pairs
+
+    answers, scores = ["a", "b", "c", "b"], [1.0, 3.0, 2.5, 0.0]
+    made = scored_pairs("Q", answers, scores, "r", "all-pairs", min_gap=1.0)
+    # b(3) over a(1), c(2.5) over a, a over the second b(0) (gap 1.0, just kept), c over b(0); b over c is a gap
+    # of 0.5, and b over b the same text
+    assert [(p.chosen, p.rejected, p.strength) for p in made.pairs] == [("b", "a", 2.0), ("c", "a", 1.5),
+                                                                         ("a", "b", 1.0), ("c", "b", 2.5)]
+    assert made.dropped == {"small_gap": 1, "identical": 1}
+    # best-vs-worst with the best cut off: the best that may win is chosen; the cut-off answer may still lose
+    made = scored_pairs("Q", ["x", "y", "z"], [5.0, 1.0, 3.0], "r", can_win=[False, True, True])
+    assert [(p.chosen, p.rejected) for p in made.pairs] == [("z", "y")]
+    made = scored_pairs("Q", ["x", "y"], [5.0, 1.0], "r", "all-pairs", can_win=[False, True])
+    assert made.pairs == [] and made.dropped == {"truncated": 1}
+    assert scored_pairs("Q", ["x", "y"], [2.0, 2.0], "r").dropped == {"tie": 1}
+
+
+def test_random_pair_is_seeded_by_seed_and_origin():
+    from dpokit.data.lists import scored_pairs
+
+    answers, scores = [f"answer {i}" for i in range(8)], [float(i) for i in range(8)]
+    draw = lambda seed, origin: [(p.chosen, p.rejected) for p in  # noqa: E731
+                                 scored_pairs("Q", answers, scores, origin, "random-pair", seed=seed).pairs]
+    assert draw(0, "r") == draw(0, "r") and len(draw(0, "r")) == 1
+    assert len({tuple(draw(s, o)) for s in range(4) for o in ("r", "s", "t")}) > 3  # different draws
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", ""]), st.integers(-3, 3), st.booleans()),
+                min_size=2, max_size=7),
+       st.sampled_from(["best-vs-worst", "best-vs-each", "all-pairs", "random-pair"]),
+       st.sampled_from([0.0, 0.5, 2.0]))
+def test_no_pair_is_ever_a_tie_a_copy_below_the_gap_or_won_by_a_cut_off_answer(items, policy, min_gap):
+    from dpokit.data.lists import scored_pairs
+
+    answers, scores, can_win = [i[0] for i in items], [float(i[1]) for i in items], [i[2] for i in items]
+    made = scored_pairs("Q", answers, scores, "r", policy, min_gap=min_gap, can_win=can_win)
+    for pair in made.pairs:
+        assert pair.chosen != pair.rejected
+        assert pair.strength >= min_gap and pair.strength > 0
+        assert any(a == pair.chosen and w for a, w in zip(answers, can_win))
+    assert len(made.pairs) + sum(made.dropped.values()) >= 1  # every candidate is a pair or a counted drop

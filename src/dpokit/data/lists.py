@@ -13,12 +13,16 @@ Policies, worked on responses [a, b, c] with scores [7, 9, 2]:
   best-vs-worst (default)  b over c                              one pair per row
   best-vs-each             b over a, b over c                    the best against every other answer
   all-pairs                b over a, a over c, b over c          every two answers that differ in score
+  random-pair              one of the above pairs, drawn by a seed  (OAIF, Guo et al. 2024: one random pair a prompt)
 Answers with equal scores make no pair (a tie); two answers with the same text make none either; both are
-dropped and counted, never an error. A pair's preference ``strength`` is its score gap (for `odpo`); ranks and
+dropped and counted, never an error. Sampled lists (`dpokit iterate`) may also ask for a minimum score gap (smaller
+gaps dropped as "small_gap") and mark answers that may be rejected but never chosen (cut off before their end:
+"truncated"). A pair's preference ``strength`` is its score gap (for `odpo`); ranks and
 preferred-first lists carry none. Each pair's origin names the two answers: "uf.jsonl:7 (responses[1] over responses[2])".
 """
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +30,7 @@ from typing import Any
 from ..types import PreferencePair
 from .adapters import RowError, _describe, _messages, _number, _text, text_or_messages
 
-POLICIES = ("best-vs-worst", "best-vs-each", "all-pairs")
+POLICIES = ("best-vs-worst", "best-vs-each", "all-pairs", "random-pair")
 _PROMPT_KEYS = ("prompt", "messages", "instruction")
 _TEXT_KEYS = ("response", "text", "content")
 _SCORE_KEYS = ("overall_score", "score")
@@ -51,28 +55,50 @@ class ListPairs:
 
 def list_pairs(value: dict, origin: str, policy: str = "best-vs-worst") -> ListPairs:
     """Every pair ``policy`` makes from one ranked row (see the module docstring)."""
+    ranked = read_ranked(value, origin)
+    return scored_pairs(ranked.prompt, ranked.answers, ranked.scores, origin, policy,
+                        has_gap=ranked.has_gap, field=ranked.field)
+
+
+def scored_pairs(prompt, answers: list[str], scores: list[float], origin: str, policy: str = "best-vs-worst", *,
+                 has_gap: bool = True, field: str = "responses", min_gap: float = 0.0,
+                 can_win: list[bool] | None = None, seed: int = 0) -> ListPairs:
+    """The pairs ``policy`` makes of answers with scores (higher is better).
+
+    ``min_gap``: pairs whose scores differ by less are dropped ("small_gap"). ``can_win``: answers marked False may
+    be rejected but are never chosen ("truncated" when that drops a pair). ``seed``: random-pair's draw, with the
+    origin (the same list draws the same pair)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown pairing policy {policy!r}; expected one of {POLICIES}")
-    ranked = read_ranked(value, origin)
+    can_win = can_win or [True] * len(answers)
     out = ListPairs([])
+    if not any(can_win):
+        out.dropped["truncated"] += 1
+        return out
     seen = set()
-    for i, j in _candidates(ranked.scores, policy):
-        if ranked.scores[i] == ranked.scores[j]:
+    for i, j in _candidates(scores, policy, can_win, random.Random(f"{seed}|{origin}")):
+        if scores[i] == scores[j]:
             out.dropped["tie"] += 1
             continue
-        if ranked.scores[i] < ranked.scores[j]:
+        if scores[i] < scores[j]:
             i, j = j, i
-        chosen, rejected = ranked.answers[i], ranked.answers[j]
+        chosen, rejected = answers[i], answers[j]
         if chosen == rejected:
             out.dropped["identical"] += 1
+            continue
+        if not can_win[i]:
+            out.dropped["truncated"] += 1
+            continue
+        if scores[i] - scores[j] < min_gap:
+            out.dropped["small_gap"] += 1
             continue
         if (chosen, rejected) in seen:  # two copies of one answer in the list
             out.dropped["duplicate"] += 1
             continue
         seen.add((chosen, rejected))
-        strength = ranked.scores[i] - ranked.scores[j] if ranked.has_gap else None
-        where = f"{origin} ({ranked.field}[{i}] over {ranked.field}[{j}])"
-        out.pairs.append(PreferencePair(ranked.prompt, chosen, rejected, where, strength))
+        strength = scores[i] - scores[j] if has_gap else None
+        where = f"{origin} ({field}[{i}] over {field}[{j}])"
+        out.pairs.append(PreferencePair(prompt, chosen, rejected, where, strength))
     return out
 
 
@@ -83,14 +109,17 @@ def best_answer(value: dict, origin: str) -> tuple[Any, str]:
     return ranked.prompt, ranked.answers[best]
 
 
-def _candidates(scores: list[float], policy: str) -> list[tuple[int, int]]:
+def _candidates(scores: list[float], policy: str, can_win: list[bool], rng: random.Random) -> list[tuple[int, int]]:
     n = len(scores)
     if policy == "all-pairs":
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
-    best = max(range(n), key=lambda k: (scores[k], -k))  # the first of the best
+    if policy == "random-pair":
+        return [tuple(rng.sample(range(n), 2))]
+    best = max((k for k in range(n) if can_win[k]), key=lambda k: (scores[k], -k))  # the first of the best
     if policy == "best-vs-each":
         return [(best, j) for j in range(n) if j != best]
-    worst = min(range(n), key=lambda k: (scores[k], -k))  # the last of the worst: never `best`, even when all tie
+    # the last of the worst, never `best` itself (even when all tie)
+    worst = min((k for k in range(n) if k != best), key=lambda k: (scores[k], -k))
     return [(best, worst)]
 
 

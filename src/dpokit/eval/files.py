@@ -95,6 +95,12 @@ def write_jsonl(path: Path, rows) -> None:
     tmp.replace(path)
 
 
+def read_jsonl(path: Path) -> list:
+    """The rows of a JSONL file this program wrote. Split on "\n" only: str.splitlines() would also split on
+    U+2028, \x1c and other characters that json.dumps leaves unescaped inside strings."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def write_json(path: Path, value) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")

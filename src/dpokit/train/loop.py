@@ -173,8 +173,11 @@ def train_loop(model, objective: Objective, tokenizer, source: DataSource, eval_
     steps = total_steps(config, len(train_examples))
     main = accelerator.is_main_process
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise UserError("the model has no trainable parameters (every one has requires_grad False); a model object "
+                        "given to dpokit.train must be trainable: call model.requires_grad_(True) first")
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, steps)
     engine.configure(accelerator, config, micro_size // world)
     module, optimizer = accelerator.prepare(objective.wrap(model), optimizer)

@@ -1,0 +1,312 @@
+"""`dpokit iterate` as a story: each round samples from the current policy, judges, pairs, trains DPO on the pairs
+(warm-started, the reference fixed at the starting model), and evaluates on held-out prompts.
+
+    OUTPUT/rounds.jsonl                 one line per round (0: the starting model): reward, win rates, KL, length
+    OUTPUT/round-R/samples.jsonl        K samples per prompt, with their token ids, seed and whether they ended
+    OUTPUT/round-R/judgments.jsonl      one score per sample, appended as judged (a resumed round asks no judgment
+                                        twice)
+    OUTPUT/round-R/pairs.jsonl          the round's pairs (what `dpokit dpo` trains on, unchanged)
+    OUTPUT/round-R/train/               a dpokit dpo run folder (checkpoints, metrics.jsonl, final/)
+    OUTPUT/round-R/eval.jsonl           held-out samples of the trained policy with their scores
+    OUTPUT/report.png, summary.json     per-round plots and the whole run's figures
+
+Killed anywhere, `--resume` continues: finished rounds are kept, sampling is redone from its seed (same samples),
+judging skips what judgments.jsonl holds, training continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import statistics
+from pathlib import Path
+
+import torch
+
+from ..config import DPOConfig, IterateConfig, dump_config
+from ..data.lists import scored_pairs
+from ..errors import UserError
+from ..eval.files import read_jsonl, write_jsonl
+from ..eval.generation import win_rate
+from ..eval.samples import kl_estimate
+from ..generate import eos_ids, generate, read_prompts
+from ..judges import Judge, Sample, load_judge
+from ..judges.implicit import add_logps
+from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from .given import Given
+from .setup import prepare_run_dir
+
+JUDGE_CHUNK = 8  # prompts judged per call: what a killed run can lose of judging
+
+
+def split_prompts(prompts: list, config: IterateConfig) -> tuple[list, list]:
+    """(held-out, training pool): a seeded shuffle; the first --eval-prompts never train."""
+    order = list(range(len(prompts)))
+    random.Random(config.seed).shuffle(order)
+    held = [prompts[i] for i in order[:config.eval_prompts]]
+    pool = [prompts[i] for i in order[config.eval_prompts:]]
+    if len(pool) < 1:
+        raise UserError(f"{config.prompts}: {len(prompts)} prompts leave none to train on after --eval-prompts "
+                        f"{config.eval_prompts}")
+    return held, pool
+
+
+def round_prompts(pool: list, config: IterateConfig, round_index: int) -> list:
+    """Round r's P prompts: the next P of the pool in a seeded order, wrapping around."""
+    n, p = len(pool), config.prompts_per_round
+    return [pool[(round_index * p + i) % n] for i in range(p)]
+
+
+def sample(policy, tokenizer, prompts: list, k: int, config: IterateConfig, seed: int) -> list[dict]:
+    """K samples per prompt, prompt-major, as rows: ids kept, and whether the sample ended (EOS) or was cut off."""
+    flat = [p for p in prompts for _ in range(k)]
+    stops = set(eos_ids(policy, tokenizer))
+    drawn = generate(policy, tokenizer, flat, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                     top_p=config.top_p, seed=seed, batch_size=config.sample_batch_size, return_ids=True,
+                     progress=True)
+    return [{"prompt_index": i // k, "sample": i % k, "prompt": prompt, "response": s.text,
+             "prompt_ids": list(s.prompt_ids), "response_ids": list(s.completion_ids),
+             "ended": bool(s.completion_ids) and s.completion_ids[-1] in stops, "seed": seed}
+            for i, (prompt, s) in enumerate(zip(flat, drawn))]
+
+
+def as_samples(rows: list[dict]) -> list[Sample]:
+    return [Sample(r["prompt"], r["response"], tuple(r["prompt_ids"]), tuple(r["response_ids"])) for r in rows]
+
+
+def read_appended(path: Path) -> list[dict]:
+    """The entries of a file appended line by line; a last line torn by a kill mid-write is cut off the file."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    entries = []
+    for n, line in enumerate(lines):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n != len(lines) - 1:
+                raise UserError(f"{path}: line {n + 1} is not JSON; the file was changed by hand?") from None
+            write_jsonl(path, entries)  # torn: keep what was whole
+    return entries
+
+
+def judge_rows(judge: Judge, rows: list[dict], path: Path, k: int) -> list[float]:
+    """A score for every row; what `path` already holds is read back, never asked again. Prompts go to the judge
+    whole (a pairwise judge compares a prompt's samples), JUDGE_CHUNK prompts a call, each call appended at once."""
+    known = {(entry["prompt_index"], entry["sample"]): entry["score"] for entry in read_appended(path)}
+    todo = sorted({r["prompt_index"] for r in rows if (r["prompt_index"], r["sample"]) not in known})
+    with open(path, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), JUDGE_CHUNK):
+            chunk = set(todo[start:start + JUDGE_CHUNK])
+            batch = [r for r in rows if r["prompt_index"] in chunk]
+            for row, score in zip(batch, judge(as_samples(batch))):
+                known[(row["prompt_index"], row["sample"])] = score
+                f.write(json.dumps({"prompt_index": row["prompt_index"], "sample": row["sample"], "score": score})
+                        + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # acknowledged judgments survive a kill
+    return [known[(r["prompt_index"], r["sample"])] for r in rows]
+
+
+def make_pairs(rows: list[dict], scores: list[float], config: IterateConfig, round_index: int) -> tuple[list, dict]:
+    """The round's pairs as dpokit rows, and what was dropped by reason."""
+    by_prompt: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_prompt.setdefault(row["prompt_index"], []).append(i)
+    pairs, dropped = [], {}
+    for p, members in sorted(by_prompt.items()):
+        empty = [i for i in members if not rows[i]["response"].strip()]
+        if empty:  # an empty answer is no answer to train on (dpokit dpo refuses it in a file too)
+            dropped["empty"] = dropped.get("empty", 0) + len(empty)
+            members = [i for i in members if i not in empty]
+        if len(members) < 2:
+            continue
+        made = scored_pairs(rows[members[0]]["prompt"], [rows[i]["response"] for i in members],
+                            [scores[i] for i in members], f"round-{round_index}:prompt-{p}", config.pairing,
+                            min_gap=config.min_gap, seed=config.seed + round_index,
+                            can_win=[rows[i]["ended"] or config.allow_truncated_chosen for i in members])
+        for pair in made.pairs:
+            prompt = pair.prompt if isinstance(pair.prompt, str) else [dict(m) for m in pair.prompt]
+            pairs.append({"prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected, "margin": pair.strength,
+                          "origin": pair.origin})
+        for reason, n in made.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    return pairs, dropped
+
+
+def dpo_config(config: IterateConfig, round_dir: Path, data: Path) -> DPOConfig:
+    """The round's `dpokit dpo` settings: the iterate run's own, reading the round's pairs into round-R/train."""
+    names = {f.name for f in dataclasses.fields(DPOConfig)}
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k in names}
+    resume = (round_dir / "train").is_dir() and any((round_dir / "train").glob("checkpoint-*"))
+    return DPOConfig(**{**values, "model": DPOConfig.model, "data": str(data), "output": str(round_dir / "train"),
+                        "eval_fraction": 0.0, "resume": resume, "overwrite": not resume})
+
+
+def evaluate_round(policy, reference, tokenizer, judge: Judge, held: list, config: IterateConfig, round_dir: Path,
+                   start_rows: list[dict] | None, last_rows: list[dict] | None) -> tuple[dict, list[dict]]:
+    """The policy's held-out samples (the same seed every round), judged beside the starting model's and the last
+    round's so that a pairwise judge compares them directly; KL to the reference on the policy's own samples."""
+    k = config.eval_samples
+    rows = sample(policy, tokenizer, held, k, config, seed=config.seed + 1_000_003)
+    groups = [("policy", rows)] + [(name, r) for name, r in (("start", start_rows), ("last", last_rows)) if r]
+    combined = [dict(row, prompt_index=row["prompt_index"], sample=g * k + row["sample"])
+                for g, (_, group) in enumerate(groups) for row in group]
+    path = round_dir / "eval-judgments.jsonl"
+    scores = judge_rows(judge, combined, path, k * len(groups))
+    by_group = {name: scores[g * len(rows):(g + 1) * len(rows)] for g, (name, _) in enumerate(groups)}
+    samples = as_samples(rows)
+    add_logps(samples, policy, reference, tokenizer.pad_token_id, batch_size=config.sample_batch_size)
+    metrics = {"reward": statistics.fmean(by_group["policy"]),
+               "kl": kl_estimate(torch.tensor([s.policy_logps for s in samples]),
+                                 torch.tensor([s.reference_logps for s in samples])),
+               "length": statistics.fmean(len(r["response_ids"]) for r in rows),
+               "ended": statistics.fmean(r["ended"] for r in rows)}
+    # the k × k comparisons per prompt under the judge's scores of this call (grouped prompt-major: regroup)
+    for name in ("start", "last"):
+        if name in by_group:
+            metrics[f"win_rate/{name}"] = win_rate(by_group["policy"], by_group[name], k)
+    for row, score in zip(rows, by_group["policy"]):
+        row["score"] = score
+    return metrics, rows
+
+
+def length_warning(first: dict, now: dict) -> str | None:
+    """The known failure of self-judged loops: answers grow while the judge's reward does (Yuan et al. 2024, §3)."""
+    if now["length"] > 1.2 * first["length"] and now["reward"] > first["reward"]:
+        return (f"mean length grew from {first['length']:.1f} to {now['length']:.1f} tokens while the judge's reward "
+                f"rose from {first['reward']:.3f} to {now['reward']:.3f}: the judge may be rewarding length")
+    return None
+
+
+def start_folder(config: IterateConfig) -> Path:
+    """The run folder: new (or replaced with --overwrite), or, with --resume, one an iterate run started."""
+    run_dir = Path(config.output)
+    if config.resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume: {config.output!r} holds no iterate run to continue")
+        return run_dir
+    run_dir = prepare_run_dir(config)
+    dump_config(config, run_dir / "config.yaml")
+    return run_dir
+
+
+def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
+    """Rounds of sample → judge → pair → train → evaluate; returns the run's summary."""
+    from .dpo import run_dpo
+
+    run_dir = start_folder(config)
+    prompts = [p for _, p in read_prompts(config.prompts)]
+    held, pool = split_prompts(prompts, config)
+    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    judge = load_judge(config.judge, beta=config.beta, pad_id=tokenizer.pad_token_id,
+                       batch_size=config.sample_batch_size) if config.judge != "implicit" else None
+    start = load_model(model_path, dtype=config.dtype or "float32", trust_remote_code=config.trust_remote_code,
+                       train=True, allow_pickle=config.allow_pickle, attention=config.attention)
+    reference = frozen_copy(start)
+    rounds_path = run_dir / "rounds.jsonl"
+    history = read_jsonl(rounds_path) if rounds_path.is_file() else []
+    policy = start
+    finished = [h["round"] for h in history]
+    if finished and finished[-1] > 0:  # resumed: the last finished round's policy
+        policy = load_model(run_dir / f"round-{finished[-1]}" / "train" / "final", dtype=config.dtype or "float32",
+                            train=True, attention=config.attention)
+    if judge is None:
+        judge = load_judge("implicit", policy=policy, reference=reference, beta=config.beta,
+                           pad_id=tokenizer.pad_token_id, batch_size=config.sample_batch_size)
+
+    def eval_rows(r: int):
+        path = run_dir / f"round-{r}" / "eval.jsonl"
+        return read_jsonl(path) if path.is_file() else None
+
+    if not history:  # round 0: the starting model, the baseline of every later round
+        (run_dir / "round-0").mkdir(exist_ok=True)
+        metrics, rows = evaluate_round(start, reference, tokenizer, judge, held, config, run_dir / "round-0", None, None)
+        write_jsonl(run_dir / "round-0" / "eval.jsonl", rows)
+        history.append({"round": 0, **metrics})
+        write_jsonl(rounds_path, history)
+        if not quiet:
+            print(format_round(history[-1]), flush=True)
+    accumulated: list[dict] = []
+    for r in range(1, config.rounds + 1):
+        round_dir = run_dir / f"round-{r}"
+        if r in finished:
+            accumulated += read_jsonl(round_dir / "pairs.jsonl")
+            continue
+        round_dir.mkdir(exist_ok=True)
+        if (round_dir / "samples.jsonl").is_file():  # resumed after sampling: the same samples, not drawn again
+            rows = read_jsonl(round_dir / "samples.jsonl")
+        else:
+            rows = sample(policy, tokenizer, round_prompts(pool, config, r - 1), config.samples_per_prompt, config,
+                          seed=config.seed * 1_000 + r)
+            write_jsonl(round_dir / "samples.jsonl", rows)
+        scores = judge_rows(judge, rows, round_dir / "judgments.jsonl", config.samples_per_prompt)
+        pairs, dropped = make_pairs(rows, scores, config, r)
+        write_jsonl(round_dir / "pairs.jsonl", pairs)
+        accumulated += pairs
+        trained_on = accumulated if config.accumulate else pairs
+        if len(trained_on) < config.batch_size:
+            raise UserError(f"round {r}: {len(trained_on)} pairs (dropped: {dropped or 'none'}) is fewer than "
+                            f"--batch-size {config.batch_size}; sample more (--samples-per-prompt, --prompts-per-round),"
+                            " lower --min-gap, or lower --batch-size")
+        data = round_dir / "train-pairs.jsonl"
+        write_jsonl(data, trained_on)
+        round_reference = reference if config.reference == "start" else frozen_copy(policy)
+        run = run_dpo(dpo_config(config, round_dir, data), quiet=True,
+                      given=Given(model=policy, reference=round_reference, tokenizer=tokenizer))
+        policy = run.model.eval()
+        if config.judge == "implicit":  # the policy judges itself (Self-Rewarding): the judge moves with it
+            judge = load_judge("implicit", policy=policy, reference=reference, beta=config.beta,
+                               pad_id=tokenizer.pad_token_id, batch_size=config.sample_batch_size)
+        metrics, eval_out = evaluate_round(policy, reference, tokenizer, judge, held, config, round_dir,
+                                           eval_rows(0), eval_rows(r - 1) if r > 1 else None)
+        write_jsonl(round_dir / "eval.jsonl", eval_out)
+        warning = length_warning(history[0], metrics)
+        history.append({"round": r, **metrics, "pairs": len(pairs), "trained_on": len(trained_on), "dropped": dropped,
+                        "samples": len(rows), "ended": statistics.fmean(row["ended"] for row in rows),
+                        "train_seconds": run.summary.get("train_seconds"),
+                        **({"warning": warning} if warning else {})})
+        write_jsonl(rounds_path, history)
+        if not quiet:
+            print(format_round(history[-1]), flush=True)
+    summary = {"rounds": history, "judge": config.judge, "output": str(run_dir),
+               "final": str(run_dir / f"round-{config.rounds}" / "train" / "final")}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary["report"] = str(plot_rounds(run_dir, history))
+    return summary
+
+
+def format_round(h: dict) -> str:
+    wins = "".join(f", win rate vs {name} {h[f'win_rate/{name}']:.3f}" for name in ("start", "last")
+                   if f"win_rate/{name}" in h)
+    made = f" ({h['pairs']} pairs, dropped {h['dropped'] or 'none'})" if "pairs" in h else " (the starting model)"
+    line = (f"dpokit iterate: round {h['round']}{made}: held-out reward {h['reward']:.4f}{wins}, KL {h['kl']:.3f}, "
+            f"length {h['length']:.1f} tokens")
+    return line + (f"\n  warning: {h['warning']}" if h.get("warning") else "")
+
+
+def plot_rounds(run_dir: Path, history: list[dict]) -> Path:
+    """OUTPUT/report.png: held-out reward, win rate against the start, KL and length per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    for ax, (key, label) in zip(axes.flat, (("reward", "held-out judge reward"), ("win_rate/start", "win rate vs the "
+                                           "starting model"), ("kl", "KL to the reference (nats)"),
+                                           ("length", "mean length (tokens)"))):
+        points = [(h["round"], h[key]) for h in history if key in h]
+        if key == "win_rate/start":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_title(label)
+        ax.set_xlabel("round")
+        ax.set_xticks(rounds)
+    path = run_dir / "report.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,110 @@
+"""`dpokit iterate` on the tiny model with a `py:` judge that rewards one word: the word's share in held-out samples
+rises over two rounds; killed while judging (in two places), a resumed run asks no judgment twice and ends with the
+weights of an uninterrupted run."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from dpokit.cli import main
+
+ASSETS = Path(__file__).resolve().parents[2] / "src" / "dpokit" / "assets"
+# The judge counts its finished calls in a file and logs what it judged; KILL_AT_CALL=n makes call n kill its own
+# process with SIGKILL before it answers (a kill -9 while judging).
+JUDGE = '''
+import json, os, signal
+from pathlib import Path
+
+def the(prompts, responses):
+    state = Path(os.environ["JUDGE_STATE"])
+    calls = int(state.read_text()) if state.is_file() else 0
+    if os.environ.get("KILL_AT_CALL") == str(calls + 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(state.with_suffix(".log"), "a") as f:
+        for p, r in zip(prompts, responses):
+            f.write(json.dumps([p, r]) + "\\n")
+    state.write_text(str(calls + 1))
+    return [float(r.lower().count("the")) for r in responses]
+'''
+SETTINGS = ["--rounds", "2", "--samples-per-prompt", "8", "--prompts-per-round", "40", "--eval-prompts", "16",
+            "--eval-samples", "4", "--max-new-tokens", "16", "--learning-rate", "5e-3", "--batch-size", "8",
+            "--max-steps", "30", "--save-every", "5", "--max-length", "256", "--max-prompt-length", "128",
+            "--allow-truncated-chosen"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("iterate")
+    with gzip.open(ASSETS / "hh_rlhf_harmless_sample.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(60), f)]
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": r["chosen"].split("\n\nAssistant:")[0][-200:]}) + "\n"
+                               for r in rows))
+    (folder / "judge.py").write_text(JUDGE)
+    return prompts, folder / "judge.py"
+
+
+def args(model_dir, inputs, out, *extra):
+    prompts, judge = inputs
+    return ["iterate", "--model", str(model_dir), "--prompts", str(prompts), "--judge", f"py:{judge}:the",
+            "--output", str(out), *SETTINGS, *extra]
+
+
+def share_with_the(run: Path, round_index: int) -> float:
+    rows = [json.loads(line) for line in (run / f"round-{round_index}" / "eval.jsonl").read_text().splitlines()]
+    return sum("the" in r["response"].lower() for r in rows) / len(rows)
+
+
+def test_the_rewarded_word_spreads_over_two_rounds(tiny_model_dir, inputs, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_STATE", str(tmp_path / "judge.state"))
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(args(tiny_model_dir, inputs, run)) == 0
+    shares = [share_with_the(run, r) for r in range(3)]
+    assert shares[2] > shares[0] and shares[2] >= 2 * shares[0], shares
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[2]["reward"] > rounds[0]["reward"]
+    assert rounds[2]["win_rate/start"] > 0.5 and rounds[1]["kl"] > 0
+    pairs = [json.loads(line) for line in (run / "round-1" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == rounds[1]["pairs"] > 0 and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert all(p["chosen"].lower().count("the") > p["rejected"].lower().count("the") for p in pairs)
+    assert (run / "report.png").is_file() and (run / "round-2" / "train" / "final" / "model.safetensors").is_file()
+    # the round's pairs train with dpokit dpo unchanged
+    assert main(["validate", str(run / "round-1" / "pairs.jsonl"), "--no-tokens"]) == 0
+
+
+def run_cli(argv, env):
+    return subprocess.run([sys.executable, "-m", "dpokit", *argv], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_killed_while_judging_resumes_without_judging_twice_and_ends_equal(tiny_model_dir, inputs, tmp_path):
+    env = {**os.environ, "DPOKIT_CACHE": str(tmp_path / "cache")}
+    whole = tmp_path / "whole"
+    assert run_cli(args(tiny_model_dir, inputs, whole), {**env, "JUDGE_STATE": str(tmp_path / "a.state")}).returncode == 0
+
+    killed = tmp_path / "killed"
+    state = {**env, "JUDGE_STATE": str(tmp_path / "b.state")}
+    # call 8: round 1's held-out evaluation, after its training; call 12: in the middle of round 2's judging
+    first = run_cli(args(tiny_model_dir, inputs, killed), {**state, "KILL_AT_CALL": "8"})
+    assert first.returncode == -9, first.stderr[-2000:]
+    second = run_cli(args(tiny_model_dir, inputs, killed, "--resume"), {**state, "KILL_AT_CALL": "12"})
+    assert second.returncode == -9, second.stderr[-2000:]
+    third = run_cli(args(tiny_model_dir, inputs, killed, "--resume"), state)
+    assert third.returncode == 0, third.stderr[-2000:]
+
+    judged = lambda name: Counter(map(tuple, (json.loads(x) for x in (tmp_path / name).read_text().splitlines())))  # noqa: E731
+    assert judged("b.log") == judged("a.log")  # every sample judged once: none lost, none asked twice
+    assert (tmp_path / "b.state").read_text() == (tmp_path / "a.state").read_text()  # and in as many calls
+    a = load_file(whole / "round-2" / "train" / "final" / "model.safetensors")
+    b = load_file(killed / "round-2" / "train" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "train_seconds"}  # noqa: E731
+                      for x in (p / "rounds.jsonl").read_text().splitlines()]
+    assert read(killed) == read(whole)  # the same held-out figures, round by round
