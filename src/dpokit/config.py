@@ -180,6 +180,8 @@ class IterateConfig(DPOConfig):
     top_p: float = opt(1.0, "nucleus sampling threshold")
     max_new_tokens: int = opt(64, "tokens sampled at most per response")
     sample_batch_size: int = opt(16, "prompts per generate call and responses per judge or log-prob batch")
+    no_chat_template: bool = opt(False, "text prompts as plain text, sampled and trained without the chat template "
+                                        "(e.g. continuing a document); off: a text prompt is one user message")
 
     def __post_init__(self):
         super().__post_init__()

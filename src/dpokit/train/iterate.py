@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..eval.files import read_jsonl, write_jsonl
 from ..eval.generation import win_rate
 from ..eval.samples import kl_estimate
+from ..data.templates import templated
 from ..generate import eos_ids, generate, read_prompts
 from ..judges import Judge, Sample, load_judge
 from ..judges.implicit import add_logps
@@ -58,13 +59,21 @@ def round_prompts(pool: list, config: IterateConfig, round_index: int) -> list:
     return [pool[(round_index * p + i) % n] for i in range(p)]
 
 
+def as_trained(tokenizer, prompt, config: IterateConfig):
+    """A text prompt the chat template renders becomes that one user message, so that training (which renders a
+    conversation with the template and a text prompt verbatim) sees exactly the tokens sampling saw."""
+    if isinstance(prompt, str) and templated(tokenizer, prompt, not config.no_chat_template):
+        return [{"role": "user", "content": prompt}]
+    return prompt
+
+
 def sample(policy, tokenizer, prompts: list, k: int, config: IterateConfig, seed: int) -> list[dict]:
     """K samples per prompt, prompt-major, as rows: ids kept, and whether the sample ended (EOS) or was cut off."""
-    flat = [p for p in prompts for _ in range(k)]
+    flat = [as_trained(tokenizer, p, config) for p in prompts for _ in range(k)]
     stops = set(eos_ids(policy, tokenizer))
     drawn = generate(policy, tokenizer, flat, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                      top_p=config.top_p, seed=seed, batch_size=config.sample_batch_size, return_ids=True,
-                     progress=True)
+                     template=not config.no_chat_template, progress=True)
     return [{"prompt_index": i // k, "sample": i % k, "prompt": prompt, "response": s.text,
              "prompt_ids": list(s.prompt_ids), "response_ids": list(s.completion_ids),
              "ended": bool(s.completion_ids) and s.completion_ids[-1] in stops, "seed": seed}
@@ -127,9 +136,12 @@ def make_pairs(rows: list[dict], scores: list[float], config: IterateConfig, rou
                             min_gap=config.min_gap, seed=config.seed + round_index,
                             can_win=[rows[i]["ended"] or config.allow_truncated_chosen for i in members])
         for pair in made.pairs:
+            # dpokit's standard shape for a text prompt, its conversational shape (answers as assistant turns) else
+            answer = (lambda text: text) if isinstance(pair.prompt, str) else \
+                (lambda text: [{"role": "assistant", "content": text}])
             prompt = pair.prompt if isinstance(pair.prompt, str) else [dict(m) for m in pair.prompt]
-            pairs.append({"prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected, "margin": pair.strength,
-                          "origin": pair.origin})
+            pairs.append({"prompt": prompt, "chosen": answer(pair.chosen), "rejected": answer(pair.rejected),
+                          "margin": pair.strength, "origin": pair.origin})
         for reason, n in made.dropped.items():
             dropped[reason] = dropped.get(reason, 0) + n
     return pairs, dropped
