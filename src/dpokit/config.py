@@ -175,6 +175,8 @@ class IterateConfig(DPOConfig):
     reference: str = opt("start", "the DPO reference of every round: start (the starting model) or previous (the "
                                   "policy as the round began)", choices=("start", "previous"))
     eval_prompts: int = opt(16, "prompts held out of every round (a seeded choice), sampled after each round")
+    held_out: Optional[str] = opt(None, "a prompts file to evaluate on instead (then every prompt of --prompts may "
+                                        "train; --eval-prompts caps how many of this file are used)")
     eval_samples: int = opt(2, "samples per held-out prompt")
     temperature: float = opt(1.0, "sampling temperature (0: greedy, which gives K equal samples)")
     top_p: float = opt(1.0, "nucleus sampling threshold")

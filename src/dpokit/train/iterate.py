@@ -42,7 +42,10 @@ JUDGE_CHUNK = 8  # prompts judged per call: what a killed run can lose of judgin
 
 
 def split_prompts(prompts: list, config: IterateConfig) -> tuple[list, list]:
-    """(held-out, training pool): a seeded shuffle; the first --eval-prompts never train."""
+    """(held-out, training pool): the first --eval-prompts of --held-out FILE, or of a seeded shuffle of the prompts
+    (those never train)."""
+    if config.held_out:
+        return [p for _, p in read_prompts(config.held_out)][:config.eval_prompts], prompts
     order = list(range(len(prompts)))
     random.Random(config.seed).shuffle(order)
     held = [prompts[i] for i in order[:config.eval_prompts]]
