@@ -111,3 +111,23 @@ def test_killed_while_judging_resumes_without_judging_twice_and_ends_equal(tiny_
     read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "train_seconds"}  # noqa: E731
                       for x in (p / "rounds.jsonl").read_text().splitlines()]
     assert read(killed) == read(whole)  # the same held-out figures, round by round
+
+
+def test_implicit_judge_needs_its_reference_and_moves_with_the_policy(tiny_model_dir, inputs, tmp_path, monkeypatch,
+                                                                      capsys):
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny import make_model_dir
+
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path / "cache"))
+    prompts, _ = inputs
+    base = ["iterate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--rounds", "1",
+            "--samples-per-prompt", "4", "--prompts-per-round", "16", "--eval-prompts", "4", "--max-new-tokens", "8",
+            "--batch-size", "4", "--max-steps", "2", "--learning-rate", "1e-3", "--allow-truncated-chosen"]
+    assert main([*base, "--judge", "implicit", "--output", str(tmp_path / "a")]) == 2
+    assert "implicit:DIR" in capsys.readouterr().err
+    other = make_model_dir(tmp_path / "other", seed=1)  # another model: the policy's reward against it is not 0
+    assert main([*base, "--judge", f"implicit:{other}", "--output", str(tmp_path / "b")]) == 0
+    rounds = [json.loads(line) for line in (tmp_path / "b" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[1]["pairs"] > 0 and rounds[0]["reward"] != 0

@@ -195,6 +195,19 @@ def length_warning(first: dict, now: dict) -> str | None:
     return None
 
 
+def implicit_reference(config: IterateConfig):
+    """`--judge implicit:DIR`: the model the policy's implicit reward β·(log π − log π_DIR) is taken against, e.g. the
+    SFT model a DPO-trained starting model came from. Against the starting model itself every first-round score
+    would be 0 (the policy is that model), so plain `implicit` is refused."""
+    spec = config.judge.partition(":")[2]
+    if not spec:
+        raise UserError("--judge implicit needs the model its reward is taken against: implicit:DIR (e.g. the SFT "
+                        "model your DPO-trained --model came from); against the starting model every first-round "
+                        "score is 0")
+    return load_model(resolve_model_path(spec, allow_pickle=config.allow_pickle), dtype=config.dtype or "float32",
+                      train=False).eval().requires_grad_(False)
+
+
 def start_folder(config: IterateConfig) -> Path:
     """The run folder: new (or replaced with --overwrite), or, with --resume, one an iterate run started."""
     run_dir = Path(config.output)
@@ -216,8 +229,13 @@ def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
     held, pool = split_prompts(prompts, config)
     model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
-    judge = load_judge(config.judge, beta=config.beta, pad_id=tokenizer.pad_token_id,
-                       batch_size=config.sample_batch_size) if config.judge != "implicit" else None
+    self_judging = config.judge.partition(":")[0] == "implicit"
+    if self_judging:  # the policy judges itself (DICE, Chen et al. 2024): its implicit reward against a fixed model
+        judge_reference = implicit_reference(config)
+        judge = None
+    else:
+        judge = load_judge(config.judge, beta=config.beta, pad_id=tokenizer.pad_token_id,
+                           batch_size=config.sample_batch_size)
     start = load_model(model_path, dtype=config.dtype or "float32", trust_remote_code=config.trust_remote_code,
                        train=True, allow_pickle=config.allow_pickle, attention=config.attention)
     reference = frozen_copy(start)
@@ -228,8 +246,8 @@ def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
     if finished and finished[-1] > 0:  # resumed: the last finished round's policy
         policy = load_model(run_dir / f"round-{finished[-1]}" / "train" / "final", dtype=config.dtype or "float32",
                             train=True, attention=config.attention)
-    if judge is None:
-        judge = load_judge("implicit", policy=policy, reference=reference, beta=config.beta,
+    if self_judging:
+        judge = load_judge("implicit", policy=policy, reference=judge_reference, beta=config.beta,
                            pad_id=tokenizer.pad_token_id, batch_size=config.sample_batch_size)
 
     def eval_rows(r: int):
@@ -272,8 +290,8 @@ def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
         run = run_dpo(dpo_config(config, round_dir, data), quiet=True,
                       given=Given(model=policy, reference=round_reference, tokenizer=tokenizer))
         policy = run.model.eval()
-        if config.judge == "implicit":  # the policy judges itself (Self-Rewarding): the judge moves with it
-            judge = load_judge("implicit", policy=policy, reference=reference, beta=config.beta,
+        if self_judging:  # the judge moves with the policy
+            judge = load_judge("implicit", policy=policy, reference=judge_reference, beta=config.beta,
                                pad_id=tokenizer.pad_token_id, batch_size=config.sample_batch_size)
         metrics, eval_out = evaluate_round(policy, reference, tokenizer, judge, held, config, round_dir,
                                            eval_rows(0), eval_rows(r - 1) if r > 1 else None)
