@@ -158,8 +158,8 @@ class IterateConfig(DPOConfig):
     prompts: Optional[str] = opt(None, "prompts to sample from: .jsonl/.json/.csv/.parquet with a `prompt` field (text "
                                        "or chat messages) or .txt, one per line", required=True)
     judge: Optional[str] = opt(None, "who scores the samples: hf:DIR (a reward model, e.g. from dpokit reward), "
-                                     "py:MODULE:FUNCTION, implicit (the policy itself), llm:DIR (pairwise) or "
-                                     "llm-rubric:DIR (5-point rubric)", required=True)
+                                     "py:MODULE:FUNCTION, implicit:DIR (the policy's implicit reward against DIR), "
+                                     "llm:DIR (pairwise) or llm-rubric:DIR (5-point rubric)", required=True)
     output: str = opt("runs/iterate", "run folder: rounds.jsonl, round-R/ (samples, judgments, pairs, train/), "
                                       "report.png")
     rounds: int = opt(3, "rounds of sample → judge → pair → train → evaluate")
