@@ -64,6 +64,17 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_reward(args) -> int:
+    """`dpokit reward`: a Bradley–Terry reward model on preference pairs, through the same loop."""
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_processes(args.nproc, args.argv)
+    from .config import RewardConfig, config_from_args
+    from .train.reward import run_reward
+
+    run_reward(config_from_args(RewardConfig, args))
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_processes(args.nproc, args.argv)
@@ -175,6 +186,8 @@ TRAINING = (  # name, config class (config.py), help: one loop, over N processes
                          "ShareGPT; preference pairs train on their chosen answers)"),
     ("coh", "CoHConfig", "Chain of Hindsight: fine-tune on feedback-conditioned sequences built from preference pairs "
                          "(loss on answers, not on the feedback phrases)"),
+    ("reward", "RewardConfig", "train a Bradley–Terry reward model (a 1-logit classification head on --model) on the "
+                               "preference pairs dpo reads; final/ is an hf:DIR judge for iterate and eval --generate"),
 )
 COMMANDS = (  # name, config class (command_config.py), function, help, description
     ("validate", "ValidateConfig", cmd_validate, "check a preference file and report shape, counts and token lengths",
@@ -216,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(command, getattr(config, cls_name))
         command.add_argument("--nproc", type=int, default=1, help="train with N processes (DDP via accelerate launch; "
                              "batch-size must divide by grad-accum × N)")
-        command.set_defaults(func=cmd_dpo if name == "dpo" else cmd_sft, config_class=getattr(config, cls_name))
+        command.set_defaults(func={"dpo": cmd_dpo, "reward": cmd_reward}.get(name, cmd_sft),
+                             config_class=getattr(config, cls_name))
     iterate = add("iterate", "online / iterative DPO: rounds of sampling from the policy, judging with a local judge, "
                              "pairing and training", "Each round: K samples per prompt from the current policy, scored "
                              "by --judge, paired (best vs worst by default), DPO on the pairs warm-started from the last "

@@ -149,6 +149,36 @@ class CoHConfig(SFTConfig):
 
 
 @dataclass(frozen=True)
+class RewardConfig(TrainConfig):
+    """`dpokit reward`: a Bradley–Terry reward model (a 1-logit sequence-classification head on --model) trained on
+    the same preference files as dpo; its final/ is an `hf:DIR` judge."""
+
+    data: str = opt(DEFAULT_DATA, "preference pairs (or ranked/scored lists): JSONL/JSON/CSV/Parquet (.gz ok) or a "
+                                  "save_to_disk folder, as dpo reads them")
+    output: str = opt("runs/reward", "run folder: metrics.jsonl, config.yaml, checkpoints, final/ (an hf:DIR judge)")
+    learning_rate: float = opt(1e-5, "peak learning rate of AdamW (default 1e-05, a reward-model rate: a new score "
+                                     "head on a pretrained body trains at 1e-6–1e-5 in the InstructGPT/TRL recipes, "
+                                     "far above DPO's 5e-07)")
+
+    def __post_init__(self):
+        check_train_config(self)
+        check_reward_config(self)
+
+
+def check_reward_config(c: RewardConfig) -> None:
+    def bad(key: str, why: str):
+        raise UserError(f"config: {key}: {why}")
+
+    if c.full_logits:
+        bad("full_logits", "a reward model reads one score per sequence, not log-probs at answer tokens; drop it")
+    if c.load_in_4bit:
+        bad("load_in_4bit", "dpokit reward does not train over a 4-bit base; drop it (--lora-r trains adapters over "
+                            "full-precision weights)")
+    if c.lora_r and c.early_stop:
+        bad("early_stop", "with --lora-r the best model is kept as an adapter, which is no hf: judge; drop one of them")
+
+
+@dataclass(frozen=True)
 class IterateConfig(DPOConfig):
     """`dpokit iterate`: the DPO settings apply to every round's training; these say how rounds make their pairs."""
 

@@ -13,6 +13,14 @@ PANELS = (
     ("logps/chosen", "log π(chosen)  [dashed: rejected]"),
 )
 
+REWARD_MODEL_PANELS = (  # `dpokit reward`: the rewards are the model's scores
+    ("loss", "Bradley–Terry loss −log σ(r_chosen − r_rejected)"),
+    ("rewards/accuracies", "pair accuracy (r_chosen > r_rejected)"),
+    ("rewards/margins", "reward margin r_chosen − r_rejected"),
+    ("rewards/chosen", "reward of chosen  [dashed: rejected]"),
+)
+DASHED = {"logps/chosen": "logps/rejected", "rewards/chosen": "rewards/rejected"}  # drawn beside their partner
+
 SFT_PANELS = (
     ("loss", "SFT loss (NLL per answer token)"),
     ("grad_norm", "gradient norm"),
@@ -28,6 +36,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def choose_panels(records: list[dict]) -> tuple:
+    """Preference runs have reward accuracies; of those, a reward model's have no log-probs (DPO's always do)."""
+    if not any("rewards/accuracies" in r for r in records):
+        return SFT_PANELS
+    return PANELS if any("logps/chosen" in r for r in records) else REWARD_MODEL_PANELS
+
+
 def plot_run(run_dir: Path) -> Path:
     """Write RUN/report.png: train (thin) and held-out (dots) curves over steps."""
     import matplotlib
@@ -36,7 +51,7 @@ def plot_run(run_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_metrics(run_dir)
-    panels = PANELS if any("rewards/accuracies" in r for r in records) else SFT_PANELS
+    panels = choose_panels(records)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     for ax, (key, title) in zip(axes.flat, panels):
         for prefix, style, label in (("", "-", "train"), ("eval/", "o-", "held-out")):
@@ -51,10 +66,10 @@ def plot_run(run_dir: Path) -> Path:
             elif rows:
                 ax.plot([r["step"] for r in rows], [r[prefix + key] for r in rows], style, label=label,
                         lw=1 if not prefix else 1.5, ms=4)
-            if key == "logps/chosen":
-                rows = [r for r in records if prefix + "logps/rejected" in r]
+            if key in DASHED:
+                rows = [r for r in records if prefix + DASHED[key] in r]
                 if rows:
-                    ax.plot([r["step"] for r in rows], [r[prefix + "logps/rejected"] for r in rows],
+                    ax.plot([r["step"] for r in rows], [r[prefix + DASHED[key]] for r in rows],
                             style.replace("-", "--"), lw=1, ms=3, label=f"{label} rejected")
         ax.set_title(title)
         ax.set_xlabel("step")

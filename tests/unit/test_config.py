@@ -83,6 +83,7 @@ YAML_PER_COMMAND = {
     "dpo": {"beta": 0.3, "loss": ["sigmoid", "sft"], "loss_weights": "1,0.5", "output": "runs/x"},
     "sft": {"packing": True, "max_length": 128, "output": "runs/s"},
     "coh": {"positive": "Good:", "negative": "Bad:", "output": "runs/c"},
+    "reward": {"learning_rate": 2e-5, "lora_r": 8, "pairs": "all-pairs", "output": "runs/r"},
     "validate": {"path": "pairs.jsonl", "max_length": 128, "no_tokens": True, "pairs": "all-pairs"},
     "report": {"run": "runs/x"},
     "generate": {"model": "m", "prompts": "p.txt", "output": "o.jsonl", "temperature": 0.0, "best_of": 2},
@@ -97,6 +98,7 @@ YAML_PER_COMMAND = {
 FLAG_OVER_YAML = {  # command: (flags, key, value the flags give)
     "dpo": (["--beta", "0.5"], "beta", 0.5), "sft": (["--max-length", "256"], "max_length", 256),
     "coh": (["--positive", "Fine:"], "positive", "Fine:"), "validate": (["--max-length", "64"], "max_length", 64),
+    "reward": (["--eval-fraction", "0.2"], "eval_fraction", 0.2),
     "report": (["runs/y"], "run", "runs/y"), "generate": (["--temperature", "0.5"], "temperature", 0.5),
     "eval": (["--split", "train"], "split", "train"), "score": (["--out", "t.jsonl"], "output", "t.jsonl"),
     "chat": (["--seed", "4"], "seed", 4), "export": (["--output", "elsewhere"], "output", "elsewhere"),

@@ -1,20 +1,52 @@
 """`hf:DIR`: a local sequence-classification reward model as a judge, with its own tokenizer and chat template.
 
 The reward is the model's last logit; with exactly 2 labels it is logit[1] − logit[0] (the log-odds of label 1,
-"good", over label 0), so a binary classifier and a 1-logit reward model (`dpokit reward`) read the same way. Its
-input is the conversation rendered by its own chat template when the prompt is a conversation and it has one, else
-prompt text + response text.
+"good", over label 0), so a binary classifier and a 1-logit reward model (`dpokit reward`) read the same way.
+
+Its input:
+- a model trained by `dpokit reward` (its config.json carries `dpokit_reward_input`): exactly the token ids its
+  training built for a pair with this prompt and answer (data/tokenize.py: plain text is prompt + answer + EOS, not
+  templated; a conversation goes through the chat template; the run's truncation policy and lengths), so the same
+  text gets the same number it got in training;
+- any other classifier: the conversation rendered by its own chat template when the prompt is a conversation (or
+  text) and it has one, else prompt text + response text, tokenized as the tokenizer does.
+Rows are right-padded; the model pools each row itself (decoder classifiers: the rightmost non-pad token).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..data.templates import render_chat, templated
+from ..data.tokenize import tokenize_pair
 from ..errors import UserError
-from .base import Sample, checked, plain_prompt
+from ..types import PreferencePair
+from .base import Sample, checked, plain_prompt, shown
+
+REWARD_INPUT = "dpokit_reward_input"  # config.json key of a `dpokit reward` model: how training built its inputs
+
+
+def pair_ids(tokenizer, prompt, response: str, *, max_length: int, max_prompt_length: int | None) -> list[int]:
+    """The ids a `dpokit reward` run trains on for (prompt, response): its pair tokenization and truncation policy."""
+    pair = PreferencePair(prompt if isinstance(prompt, str) else tuple(prompt), response, response, "judge")
+    tokenized = tokenize_pair(tokenizer, pair, max_length=max_length, max_prompt_length=max_prompt_length,
+                              counts=Counter())
+    if isinstance(tokenized, str):
+        raise UserError(f"prompt {shown(prompt)}: {tokenized.removeprefix('judge: ')}")
+    return list(tokenized.prompt_ids + tokenized.chosen_ids)
+
+
+def right_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, :len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 @dataclass
@@ -29,15 +61,23 @@ class ClassifierJudge:
             return render_chat(self.tokenizer, sample.prompt, sample.response)
         return plain_prompt(sample.prompt) + sample.response
 
+    def batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        trained = getattr(self.model.config, REWARD_INPUT, None)
+        if trained:  # a dpokit reward model: the ids its training built
+            rows = [pair_ids(self.tokenizer, s.prompt, s.response, max_length=trained["max_length"],
+                             max_prompt_length=trained["max_prompt_length"]) for s in samples]
+            return right_padded(rows, self.tokenizer.pad_token_id)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        return dict(self.tokenizer([self.text(s) for s in samples], padding=True, truncation=True, max_length=limit,
+                                   return_tensors="pt"))
+
     @torch.no_grad()
     def __call__(self, samples: list[Sample]) -> list[float]:
         device = next(self.model.parameters()).device
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         values = []
         for start in range(0, len(samples), self.batch_size):
-            texts = [self.text(s) for s in samples[start:start + self.batch_size]]
-            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-            logits = self.model(**batch.to(device)).logits.float()  # (B, labels)
+            batch = self.batch(samples[start:start + self.batch_size])
+            logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits.float()  # (B, labels)
             values += (logits[:, 1] - logits[:, 0] if logits.shape[-1] == 2 else logits[:, -1]).tolist()
         return checked(values, samples, self.name)
 

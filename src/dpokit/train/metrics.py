@@ -34,6 +34,21 @@ METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies
                "logps/rejected")
 
 
+def reward_model_metrics(out: LossOutput) -> dict[str, torch.Tensor]:
+    """A reward model's per-pair values under the same names as DPO's (there the rewards are implicit, here they are
+    the model's scores), so held-out intervals, reports and verdicts read both alike. A tie counts as wrong."""
+    return {
+        "loss": out.losses.detach(),
+        "rewards/chosen": out.chosen_rewards,
+        "rewards/rejected": out.rejected_rewards,
+        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+        "rewards/margins": out.chosen_rewards - out.rejected_rewards,
+    }
+
+
+REWARD_METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+
+
 class MetricSums:
     """Accumulates per-pair metric tensors and reports means."""
 

@@ -1,4 +1,5 @@
-"""What the one training loop optimises: DPO (and its family) on pairs, or next-token NLL on SFT examples.
+"""What the one training loop optimises: DPO (and its family) on pairs, next-token NLL on SFT examples, or a
+Bradley–Terry reward model on pairs.
 
 An objective knows how to batch its examples, how to wrap the model so that one module forward gives the log-probs
 it needs (distributed wrappers sync gradients through forward), and how to turn a batch into a loss and per-example
@@ -10,15 +11,15 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from ..data.collate import collate_sequences, collator
+from ..data.collate import collate_pairs, collate_sequences, collator
 from ..logprobs import PairLogpsModule, SequenceLogpsModule
 from ..losses import LOSSES, PairLogps, chosen_nll, loss_terms, sft_nll
 from ..types import LossOutput, PreferenceBatch, SequenceBatch, TokenizedExample, TokenizedPair
-from .metrics import METRIC_KEYS, pair_metrics
+from .metrics import METRIC_KEYS, REWARD_METRIC_KEYS, pair_metrics, reward_model_metrics
 
 
 class Objective(Protocol):
-    """What the loop asks of an objective; DPOObjective and SFTObjective are the two kinds dpokit ships."""
+    """What the loop asks of an objective; DPOObjective, SFTObjective and RewardObjective are the kinds dpokit ships."""
 
     name: str  # the progress bar's label
     metric_keys: tuple[str, ...]  # per-example metrics __call__ returns, averaged over a step or the held-out set
@@ -164,3 +165,66 @@ class SFTObjective:
                 out[prefix + "loss"] = means[prefix + "nll"] / max(means[prefix + "tokens"], 1e-9)
                 out[prefix + "tokens_per_example"] = means[prefix + "tokens"]
         return out
+
+
+def bradley_terry(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> LossOutput:
+    """The reward model's loss per pair, −log σ(r_chosen − r_rejected): the negative log-likelihood of the preference
+    under the Bradley–Terry model (Bradley & Terry 1952), as InstructGPT trains its reward model (Ouyang et al. 2022,
+    eq. 1, one comparison per pair). Inputs (B,) each.
+
+        r_chosen = 2, r_rejected = 0  →  −log σ(2) = 0.1269
+        r_chosen = r_rejected         →  ln 2 = 0.6931 (the untrained head's neighbourhood)
+        r_chosen = 0, r_rejected = 2  →  −log σ(−2) = 2.1269
+    """
+    losses = -torch.nn.functional.logsigmoid(chosen_rewards - rejected_rewards)  # (B,)
+    return LossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach())
+
+
+class RewardModule(torch.nn.Module):
+    """A sequence-classification model over a padded pair batch (collate_pairs: B chosen rows, then B rejected
+    rows) → (chosen rewards, rejected rewards), (B,) each.
+
+    A row's reward is the model's last logit at its pooled position: transformers' decoder classifiers pool at the
+    rightmost token that is not the pad id (with pad = EOS, the token before a final EOS). dpokit's `hf:` judge
+    builds the same token ids for a (prompt, response) and calls the model the same way, so the same text gets the
+    same number (judges/classifier.py; tested in tests/integration/test_reward.py)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1]  # (2B,)
+        return scores[:batch.num_pairs], scores[batch.num_pairs:]
+
+
+class RewardObjective:
+    """A Bradley–Terry reward model on preference pairs: mean −log σ(r_chosen − r_rejected) over the micro-batch's
+    pairs; metrics under DPO's names (the rewards are the model's scores, not implicit ones)."""
+
+    name = "reward"
+    metric_keys = REWARD_METRIC_KEYS
+    progress_key = "rewards/accuracies"
+
+    def __init__(self, config=None):
+        self.config = config
+        self.collate = collate_pairs  # prompt+chosen and prompt+rejected rows: each row is what the judge scores
+
+    def wrap(self, model) -> torch.nn.Module:
+        return RewardModule(model)
+
+    @staticmethod
+    def length(pair: TokenizedPair) -> int:
+        return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+    def begin_step(self, examples: list[TokenizedPair], shares: int) -> None:
+        """Nothing to do: every share holds the same number of pairs (the loss is a mean over pairs)."""
+
+    def __call__(self, module, batch: PreferenceBatch, split: str, indices: list[int]):
+        chosen, rejected = module(batch)
+        out = bradley_terry(chosen.float(), rejected.float())
+        return out.losses.mean(), reward_model_metrics(out)
+
+    @staticmethod
+    def finish(means: dict[str, float]) -> dict[str, float]:
+        return means
