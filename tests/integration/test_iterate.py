@@ -108,7 +108,7 @@ def test_killed_while_judging_resumes_without_judging_twice_and_ends_equal(tiny_
     a = load_file(whole / "round-2" / "train" / "final" / "model.safetensors")
     b = load_file(killed / "round-2" / "train" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
-    read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "train_seconds"}  # noqa: E731
+    read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
                       for x in (p / "rounds.jsonl").read_text().splitlines()]
     assert read(killed) == read(whole)  # the same held-out figures, round by round
 

@@ -20,6 +20,8 @@ import json
 import os
 import random
 import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -220,94 +222,128 @@ def start_folder(config: IterateConfig) -> Path:
     return run_dir
 
 
-def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
-    """Rounds of sample → judge → pair → train → evaluate; returns the run's summary."""
-    from .dpo import run_dpo
+@dataclass
+class Iteration:
+    """One iterate run's fixed parts: settings, folder, prompts, tokenizer, the reference and the judge."""
 
-    run_dir = start_folder(config)
-    prompts = [p for _, p in read_prompts(config.prompts)]
-    held, pool = split_prompts(prompts, config)
-    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
-    self_judging = config.judge.partition(":")[0] == "implicit"
-    if self_judging:  # the policy judges itself (DICE, Chen et al. 2024): its implicit reward against a fixed model
-        judge_reference = implicit_reference(config)
-        judge = None
-    else:
-        judge = load_judge(config.judge, beta=config.beta, pad_id=tokenizer.pad_token_id,
-                           batch_size=config.sample_batch_size)
-    start = load_model(model_path, dtype=config.dtype or "float32", trust_remote_code=config.trust_remote_code,
-                       train=True, allow_pickle=config.allow_pickle, attention=config.attention)
-    reference = frozen_copy(start)
-    rounds_path = run_dir / "rounds.jsonl"
-    history = read_jsonl(rounds_path) if rounds_path.is_file() else []
-    policy = start
-    finished = [h["round"] for h in history]
-    if finished and finished[-1] > 0:  # resumed: the last finished round's policy
-        policy = load_model(run_dir / f"round-{finished[-1]}" / "train" / "final", dtype=config.dtype or "float32",
-                            train=True, attention=config.attention)
-    if self_judging:
-        judge = load_judge("implicit", policy=policy, reference=judge_reference, beta=config.beta,
-                           pad_id=tokenizer.pad_token_id, batch_size=config.sample_batch_size)
+    config: IterateConfig
+    run_dir: Path
+    held: list
+    pool: list
+    tokenizer: object
+    reference: object  # the starting model, frozen: DPO's reference (--reference start) and the KL's
+    judge_reference: object | None  # implicit:DIR's model; None for other judges
+    judge: Judge | None = None
 
-    def eval_rows(r: int):
-        path = run_dir / f"round-{r}" / "eval.jsonl"
+    def judge_for(self, policy) -> Judge:
+        """The judge of a round: fixed, or (implicit:DIR) the policy's own implicit reward."""
+        if self.judge_reference is None:
+            return self.judge
+        return load_judge("implicit", policy=policy, reference=self.judge_reference, beta=self.config.beta,
+                          pad_id=self.tokenizer.pad_token_id, batch_size=self.config.sample_batch_size)
+
+    def eval_rows(self, r: int) -> list[dict] | None:
+        path = self.run_dir / f"round-{r}" / "eval.jsonl"
         return read_jsonl(path) if path.is_file() else None
 
-    if not history:  # round 0: the starting model, the baseline of every later round
-        (run_dir / "round-0").mkdir(exist_ok=True)
-        metrics, rows = evaluate_round(start, reference, tokenizer, judge, held, config, run_dir / "round-0", None, None)
-        write_jsonl(run_dir / "round-0" / "eval.jsonl", rows)
-        history.append({"round": 0, **metrics})
-        write_jsonl(rounds_path, history)
-        if not quiet:
-            print(format_round(history[-1]), flush=True)
-    accumulated: list[dict] = []
-    for r in range(1, config.rounds + 1):
-        round_dir = run_dir / f"round-{r}"
-        if r in finished:
-            accumulated += read_jsonl(round_dir / "pairs.jsonl")
-            continue
+    def evaluate(self, policy, r: int) -> dict:
+        """Round r's held-out figures (round 0: the starting model, the baseline of the others)."""
+        round_dir = self.run_dir / f"round-{r}"
+        round_dir.mkdir(exist_ok=True)
+        metrics, rows = evaluate_round(policy, self.reference, self.tokenizer, self.judge_for(policy), self.held,
+                                       self.config, round_dir, self.eval_rows(0) if r else None,
+                                       self.eval_rows(r - 1) if r > 1 else None)
+        write_jsonl(round_dir / "eval.jsonl", rows)
+        return metrics
+
+    def make_round_pairs(self, policy, r: int) -> tuple[list[dict], dict, dict]:
+        """Sample (or, resumed, read back), judge and pair round r: (pairs, dropped by reason, seconds by stage)."""
+        config, round_dir, started = self.config, self.run_dir / f"round-{r}", time.time()
         round_dir.mkdir(exist_ok=True)
         if (round_dir / "samples.jsonl").is_file():  # resumed after sampling: the same samples, not drawn again
             rows = read_jsonl(round_dir / "samples.jsonl")
         else:
-            rows = sample(policy, tokenizer, round_prompts(pool, config, r - 1), config.samples_per_prompt, config,
-                          seed=config.seed * 1_000 + r)
+            rows = sample(policy, self.tokenizer, round_prompts(self.pool, config, r - 1), config.samples_per_prompt,
+                          config, seed=config.seed * 1_000 + r)
             write_jsonl(round_dir / "samples.jsonl", rows)
-        scores = judge_rows(judge, rows, round_dir / "judgments.jsonl", config.samples_per_prompt)
+        sampled = time.time()
+        scores = judge_rows(self.judge_for(policy), rows, round_dir / "judgments.jsonl", config.samples_per_prompt)
+        judged = time.time()
         pairs, dropped = make_pairs(rows, scores, config, r)
         write_jsonl(round_dir / "pairs.jsonl", pairs)
-        accumulated += pairs
-        trained_on = accumulated if config.accumulate else pairs
-        if len(trained_on) < config.batch_size:
-            raise UserError(f"round {r}: {len(trained_on)} pairs (dropped: {dropped or 'none'}) is fewer than "
-                            f"--batch-size {config.batch_size}; sample more (--samples-per-prompt, --prompts-per-round),"
-                            " lower --min-gap, or lower --batch-size")
-        data = round_dir / "train-pairs.jsonl"
-        write_jsonl(data, trained_on)
-        round_reference = reference if config.reference == "start" else frozen_copy(policy)
-        run = run_dpo(dpo_config(config, round_dir, data), quiet=True,
-                      given=Given(model=policy, reference=round_reference, tokenizer=tokenizer))
-        policy = run.model.eval()
-        if self_judging:  # the judge moves with the policy
-            judge = load_judge("implicit", policy=policy, reference=judge_reference, beta=config.beta,
-                               pad_id=tokenizer.pad_token_id, batch_size=config.sample_batch_size)
-        metrics, eval_out = evaluate_round(policy, reference, tokenizer, judge, held, config, round_dir,
-                                           eval_rows(0), eval_rows(r - 1) if r > 1 else None)
-        write_jsonl(round_dir / "eval.jsonl", eval_out)
-        warning = length_warning(history[0], metrics)
-        history.append({"round": r, **metrics, "pairs": len(pairs), "trained_on": len(trained_on), "dropped": dropped,
-                        "samples": len(rows), "ended": statistics.fmean(row["ended"] for row in rows),
-                        "train_seconds": run.summary.get("train_seconds"),
-                        **({"warning": warning} if warning else {})})
+        seconds = {"sample": sampled - started, "judge": judged - sampled}
+        return pairs, {"dropped": dropped, "samples": len(rows),
+                       "ended": statistics.fmean(row["ended"] for row in rows)}, seconds
+
+    def train(self, policy, r: int, pairs: list[dict]):
+        """DPO on `pairs` (a round-R/train run folder), warm-started from `policy`; returns the trained policy."""
+        from .dpo import run_dpo
+
+        if len(pairs) < self.config.batch_size:
+            raise UserError(f"round {r}: {len(pairs)} pairs to train on is fewer than --batch-size "
+                            f"{self.config.batch_size}; sample more (--samples-per-prompt, --prompts-per-round), lower "
+                            "--min-gap, or lower --batch-size")
+        round_dir = self.run_dir / f"round-{r}"
+        write_jsonl(round_dir / "train-pairs.jsonl", pairs)
+        reference = self.reference if self.config.reference == "start" else frozen_copy(policy)
+        run = run_dpo(dpo_config(self.config, round_dir, round_dir / "train-pairs.jsonl"), quiet=True,
+                      given=Given(model=policy, reference=reference, tokenizer=self.tokenizer))
+        return run.model.eval()
+
+
+def start_iteration(config: IterateConfig) -> tuple[Iteration, object]:
+    """The run's fixed parts and the starting model (trainable; the reference is a frozen copy)."""
+    run_dir = start_folder(config)
+    held, pool = split_prompts([p for _, p in read_prompts(config.prompts)], config)
+    model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    self_judging = config.judge.partition(":")[0] == "implicit"  # DICE (Chen et al. 2024): the policy judges itself
+    judge = None if self_judging else load_judge(config.judge, beta=config.beta, pad_id=tokenizer.pad_token_id,
+                                                 batch_size=config.sample_batch_size)
+    start = load_model(model_path, dtype=config.dtype or "float32", trust_remote_code=config.trust_remote_code,
+                       train=True, allow_pickle=config.allow_pickle, attention=config.attention)
+    return Iteration(config, run_dir, held, pool, tokenizer, frozen_copy(start),
+                     implicit_reference(config) if self_judging else None, judge), start
+
+
+def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
+    """Rounds of sample → judge → pair → train → evaluate; returns the run's summary."""
+    it, policy = start_iteration(config)
+    rounds_path = it.run_dir / "rounds.jsonl"
+    history = read_jsonl(rounds_path) if rounds_path.is_file() else []
+    finished = {h["round"] for h in history}
+
+    def record(entry: dict) -> None:
+        history.append(entry)
         write_jsonl(rounds_path, history)
         if not quiet:
-            print(format_round(history[-1]), flush=True)
-    summary = {"rounds": history, "judge": config.judge, "output": str(run_dir),
-               "final": str(run_dir / f"round-{config.rounds}" / "train" / "final")}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary["report"] = str(plot_rounds(run_dir, history))
+            print(format_round(entry), flush=True)
+
+    if 0 not in finished:
+        record({"round": 0, **it.evaluate(policy, 0)})
+    if finished - {0}:  # resumed: the last finished round's policy
+        policy = load_model(it.run_dir / f"round-{max(finished)}" / "train" / "final", dtype=config.dtype or "float32",
+                            train=True, attention=config.attention)
+    accumulated: list[dict] = []
+    for r in range(1, config.rounds + 1):
+        if r in finished:
+            accumulated += read_jsonl(it.run_dir / f"round-{r}" / "pairs.jsonl")
+            continue
+        pairs, made, seconds = it.make_round_pairs(policy, r)
+        accumulated += pairs
+        trained_on = accumulated if config.accumulate else pairs
+        started = time.time()
+        policy = it.train(policy, r, trained_on)
+        seconds["train"] = time.time() - started
+        metrics = it.evaluate(policy, r)
+        seconds["evaluate"] = time.time() - started - seconds["train"]
+        warning = length_warning(history[0], metrics)
+        record({"round": r, **metrics, "pairs": len(pairs), "trained_on": len(trained_on), **made,
+                "seconds": {k: round(v, 1) for k, v in seconds.items()}, **({"warning": warning} if warning else {})})
+    summary = {"rounds": history, "judge": config.judge, "output": str(it.run_dir),
+               "final": str(it.run_dir / f"round-{config.rounds}" / "train" / "final")}
+    (it.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary["report"] = str(plot_rounds(it.run_dir, history))
     return summary
 
 
