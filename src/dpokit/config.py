@@ -119,6 +119,11 @@ class DPOConfig(TrainConfig):
                                 "padded = prompt+chosen and prompt+rejected rows", choices=("shared", "packed", "padded"))
     tokens_per_row: Optional[int] = opt(None, "packed layout: token budget of one row (default 2 × max_length)")
     warn_chosen_drop: float = opt(5.0, "warn when held-out chosen answers fall this many nats below the reference")
+    probe_prompts: int = opt(4, "held-out prompts answered greedily at each evaluation, to catch a breaking generator "
+                                "(drift from the reference's answers, loops, answers that stop ending; probe.jsonl); "
+                                "0 = off. One process only")
+    warn_drift_kl: float = opt(0.5, "warn when the probe's KL(π_ref ‖ π) per token on the reference's answers passes "
+                                    "this")
     reference_cache: str = opt("on", "on: reference log-probs computed once, stored under the cache folder and reused by "
                                      "later runs and epochs (no reference model in memory while training); off: run "
                                      "the reference model live every step", choices=("on", "off"))

@@ -52,3 +52,26 @@ def test_a_run_that_does_not_move_says_so_and_a_learning_one_does_not(tiny_model
     assert any(w.startswith("not learning after 12 of 12 steps") for w in warnings["stuck"]), warnings["stuck"]
     assert not any(w.startswith("not learning") for w in warnings["learning"]), warnings["learning"]
     capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_a_breaking_generator_is_warned_about_and_a_healthy_run_is_not(tiny_model_dir, tmp_path, capsys):
+    """The issue's case: the preference figures of a run can look fine while its answers break. A learning rate 20×
+    the tiny model's usual one moves the probe's greedy answers far from the reference's (KL per token past 0.5); the
+    usual one does not."""
+    base = ["dpo", "--model", str(tiny_model_dir), "--max-steps", "8", "--batch-size", "4", "--eval-fraction", "0.1",
+            "--max-eval-pairs", "16", "--max-length", "128", "--max-prompt-length", "64", "--eval-every", "4"]
+
+    def run(lr: str) -> dict:
+        out = tmp_path / f"lr{lr}"
+        assert main(base + ["--learning-rate", lr, "--output", str(out)]) == 0
+        return json.loads((out / "summary.json").read_text())
+
+    broken, healthy = run("2e-2"), run("1e-3")
+    drift = [w for w in broken["warnings"] if "generation is drifting" in w]
+    assert len(drift) == 1 and "nats per token" in drift[0]
+    assert not [w for w in healthy["warnings"] if "generation is drifting" in w]
+    lines = [json.loads(x) for x in (tmp_path / "lr1e-3" / "probe.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 4, 8] and all(len(x["answers"]) == 4 for x in lines)
+    assert [set(item) for item in healthy["probe"]] == [{"prompt", "before", "after", "step"}] * 2
+    assert "step 0:" in capsys.readouterr().out  # the answers before and after, printed at the end

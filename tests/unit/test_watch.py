@@ -1,4 +1,6 @@
 """The overfitting watch on constructed metric trajectories: it fires on overfitting and stays quiet on health."""
+import pytest
+
 from dpokit.train.watch import OverfitWatch, chosen_likelihood_drop, stalled_while_training_rises
 
 
@@ -107,3 +109,41 @@ def test_both_falling_fires_only_when_both_answers_drop():
     assert warning.startswith("at step 30: held-out chosen and rejected answers both fell") and "-4.0 and -9.0" in warning
     assert both_falling({"step": 30, "eval/rewards/chosen": 0.1, "eval/rewards/rejected": -0.9}, 0.1, 5.0) is None
     assert both_falling({"step": 30, "eval/rewards/chosen": -0.2, "eval/rewards/rejected": -0.9}, 0.1, 5.0) is None
+
+
+# ---- a breaking generator: the probe's greedy answers drift from the reference's ----
+
+def drift(step, kl=0.0, repetition=0.1, ended=1.0):
+    return {"step": step, "eval/loss": 0.69, "eval/drift/kl_per_token": kl, "eval/drift/repetition": repetition,
+            "eval/drift/ended": ended}
+
+
+def test_drift_warns_on_kl_loops_or_answers_that_stop_ending_and_not_on_a_healthy_run():
+    from dpokit.train.watch import drifting
+
+    start = drift(0)
+    assert drifting(drift(10, kl=0.1, repetition=0.2, ended=0.75), start, drift_kl=0.5) is None  # healthy
+    assert "1.20 nats per token" in drifting(drift(10, kl=1.2), start, drift_kl=0.5)
+    assert "90% of the answers' 4-grams repeat (reference 10%)" in drifting(drift(10, repetition=0.9), start, 0.5)
+    assert "25% of the answers end" in drifting(drift(10, ended=0.25), start, 0.5)
+    # a reference that loops itself: only more looping than it counts
+    assert drifting(drift(10, repetition=0.9), drift(0, repetition=0.8), 0.5) is None
+    assert drifting(drift(10, kl=2.0), None, 0.5) is None  # no step-0 baseline seen: no verdict
+
+
+def test_the_watch_gives_the_drift_warning_once():
+    from dpokit.train.watch import OverfitWatch
+
+    watch = OverfitWatch(drift_kl=0.5)
+    watch.add_eval(0, drift(0))
+    _, first = watch.add_eval(5, drift(5, kl=0.9))
+    _, second = watch.add_eval(10, drift(10, kl=1.5))
+    assert len(first) == 1 and "generation is drifting" in first[0] and second == []
+
+
+def test_repetition_is_the_share_of_repeated_ngrams():
+    from dpokit.train.probe import repetition
+
+    assert repetition([1, 2, 1, 2, 1, 2], n=2) == pytest.approx(0.6)  # 5 bigrams, 2 distinct
+    assert repetition([1, 2, 3, 4, 5], n=4) == 0.0 and repetition([1, 2], n=4) == 0.0
+    assert repetition([7] * 10, n=4) == pytest.approx(6 / 7)

@@ -21,6 +21,7 @@ from ..eval.intervals import verdict
 from .given import Given, check_given, with_rows
 from .loop import total_steps, train_loop
 from .objectives import DPOObjective
+from .probe import GenerationProbe
 from .setup import TrainedRun, finish_run, leave_nothing_on_error, start_run, summary_tail
 from .source import ShuffledSource
 
@@ -160,12 +161,16 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False, given: Given = Given(), c
 
     objective = DPOObjective(reference, config)
     source = ShuffledSource.for_run(data.train, config, objective.length)
-    result = train_loop(policy, objective, tokenizer, source, data.eval, config, run_dir, accelerator, callbacks)
+    probe = make_probe(config, data, tokenizer, run_dir, accelerator)
+    result = train_loop(policy, objective, tokenizer, source, data.eval, config, run_dir, accelerator, callbacks,
+                        probe)
     if not main:
         return TrainedRun(result.totals(), result.model)
     reference_source = "none" if reference is None else str(reference.path) if getattr(reference, "path", None) \
         else "live"
     extra = {"reference_rows_computed": reference.computed_rows} if hasattr(reference, "computed_rows") else {}
+    if probe is not None:
+        extra["probe"] = probe.side_by_side()
     summary = finish_run(run_dir, result.model, tokenizer, config, {
         **data.summary, **result.totals(), **extra, "loss": config.loss, "dtype": dtype, "reference": reference_source,
         "batch_size": config.batch_size,
@@ -174,6 +179,15 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False, given: Given = Given(), c
     if not quiet:
         print(format_summary(summary))
     return TrainedRun(summary, result.model)
+
+
+def make_probe(config: DPOConfig, data, tokenizer, run_dir: Path, accelerator):
+    """The generation probe over the first --probe-prompts distinct held-out prompts (one process only: a greedy
+    answer on one rank of a sharded model would wait forever for the others)."""
+    if not config.probe_prompts or not data.eval or accelerator.num_processes > 1:
+        return None
+    prompts = list(dict.fromkeys(pair.prompt_ids for pair in data.eval))[:config.probe_prompts]
+    return GenerationProbe(prompts, tokenizer, run_dir, max_new_tokens=min(48, config.max_length))
 
 
 def describe_run(config: DPOConfig, data, estimated) -> str:
@@ -200,6 +214,14 @@ def describe_run(config: DPOConfig, data, estimated) -> str:
                  f"the training {unit}); loss {config.loss}, β {config.beta:g}, learning rate {config.learning_rate:g}")
     lines.append(f"  memory estimate: {estimated.table()}")
     return "\n".join(lines)
+
+
+def shorten(text: str, limit: int, tail: bool = False) -> str:
+    """One line of at most `limit` characters (the end of it with `tail`)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[-limit:] if tail else text[:limit] + "…"
 
 
 def format_summary(s: dict) -> str:
@@ -230,5 +252,9 @@ def format_summary(s: dict) -> str:
                          "simpo and λ·ℓ for orpo, so accuracy at the start is the starting model's own preference)")
         if s.get("verdict"):
             lines.append("  " + s["verdict"])
+    for item in s.get("probe") or []:  # the answers people read: before and after, side by side
+        lines.append(f"  held-out prompt …{shorten(item['prompt'], 70, tail=True)}")
+        lines.append(f"    step 0:  {shorten(item['before'], 100)}")
+        lines.append(f"    step {item['step']}: {shorten(item['after'], 100)}")
     lines += summary_tail(s)
     return "\n".join(lines)

@@ -159,8 +159,9 @@ def notify(callbacks: Sequence[Callback], event: str, *args) -> None:
 
 
 def train_loop(model, objective: Objective, tokenizer, source: DataSource, eval_examples: list, config, run_dir: Path,
-               accelerator=None, callbacks: Sequence[Callback] = ()) -> RunResult:
-    """Train `model` on `objective`, drawing each step's examples from `source`; evaluate on `eval_examples`."""
+               accelerator=None, callbacks: Sequence[Callback] = (), probe=None) -> RunResult:
+    """Train `model` on `objective`, drawing each step's examples from `source`; evaluate on `eval_examples` and, with
+    a `probe` (one process only: train/probe.py), on its greedy answers."""
     accelerator = accelerator or engine.make_accelerator(config)
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id
@@ -192,6 +193,8 @@ def train_loop(model, objective: Objective, tokenizer, source: DataSource, eval_
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
     watch = OverfitWatch.for_run(config, resumed, total_steps=steps)
+    if start_step and log.first_record():  # resumed: the step-0 evaluation is every check's baseline
+        watch.records.append(log.first_record())
 
     def after_eval(step: int, metrics: dict) -> list[str]:
         """Warnings to show; with --early-stop the best model so far goes to OUTPUT/best."""
@@ -205,7 +208,13 @@ def train_loop(model, objective: Objective, tokenizer, source: DataSource, eval_
         return warnings
 
     eval_batches = prepare_eval(eval_examples, objective.collate, pad_id, micro_size // world, accelerator)
-    first_eval = evaluate(module, objective, eval_batches, accelerator) if eval_examples and not start_step else {}
+    def held_out(step: int) -> dict:
+        metrics = evaluate(module, objective, eval_batches, accelerator)
+        if probe is not None:
+            metrics.update({f"eval/{k}": v for k, v in probe(unwrap(), step).items()})
+        return metrics
+
+    first_eval = held_out(0) if eval_examples and not start_step else {}
     if first_eval:
         log.write({"step": 0, **first_eval})
         after_eval(0, first_eval)
@@ -241,7 +250,7 @@ def train_loop(model, objective: Objective, tokenizer, source: DataSource, eval_
                   "tokens_per_s": step_tokens / max(time.time() - step_started, 1e-9)}
         watch.add_train(record)
         if eval_examples and (done == steps or config.eval_every and done % config.eval_every == 0):
-            last_eval = evaluate(module, objective, eval_batches, accelerator)
+            last_eval = held_out(done)
             record.update(last_eval)
             warnings = after_eval(done, last_eval)
             if warnings:

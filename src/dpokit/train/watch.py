@@ -11,7 +11,9 @@ constructed trajectories):
 - both answers falling: held-out chosen and rejected log-probs both fell below the reference's by more than half of
   `chosen_drop` nats (the "both rewards negative" pattern: LLaMA-Factory #7643);
 - not learning: past a quarter of the run (and at least 10 steps), the DPO loss of the latest steps is still within
-  0.005 of ln 2, where it starts (rewards stuck at 0, loss 0.6931: TRL #1311).
+  0.005 of ln 2, where it starts (rewards stuck at 0, loss 0.6931: TRL #1311);
+- a breaking generator: a few held-out prompts answered greedily at each evaluation (probe.py) drift from the
+  reference's answers: the per-token KL past `drift_kl`, answers turning into loops, or answers that stop ending.
 `--early-stop` uses the same bookkeeping: it keeps the best model by held-out loss and stops after `patience`
 evaluations without improvement.
 """
@@ -114,6 +116,30 @@ def chosen_likelihood_drop(record: dict, beta: float, chosen_drop: float) -> str
             "--sft-weight (an NLL term on chosen), a larger β or fewer steps")
 
 
+REPEATING = 0.5  # a share of repeated 4-grams this high is a loop, not prose
+MORE_REPEATING = 0.25  # ... and this much above the reference's own answers
+STOPS_ENDING = 0.5  # this much fewer answers ending (EOS) than the reference's
+
+
+def drifting(record: dict, start: dict | None, drift_kl: float) -> str | None:
+    """A warning when the probe's greedy answers drift from the reference's (see train/probe.py)."""
+    kl, rep, ended = (record.get(f"eval/drift/{k}") for k in ("kl_per_token", "repetition", "ended"))
+    if kl is None or not start or "eval/drift/repetition" not in start:
+        return None
+    signs = []
+    if kl > drift_kl:
+        signs.append(f"KL(π_ref ‖ π) on the reference's own answers is {kl:.2f} nats per token (threshold {drift_kl})")
+    if rep > max(REPEATING, start["eval/drift/repetition"] + MORE_REPEATING):
+        signs.append(f"{rep:.0%} of the answers' 4-grams repeat (reference {start['eval/drift/repetition']:.0%})")
+    if start["eval/drift/ended"] - ended >= STOPS_ENDING:
+        signs.append(f"{ended:.0%} of the answers end within the budget (reference {start['eval/drift/ended']:.0%})")
+    if not signs:
+        return None
+    return (f"at step {record['step']}: generation is drifting from the reference: " + "; ".join(signs) + ". The "
+            "preference metrics cannot see this; the answers are in probe.jsonl. Likely a learning rate too high "
+            "or too many steps: lower --learning-rate, add --sft-weight, or use an earlier checkpoint")
+
+
 @dataclass
 class OverfitWatch:
     """Keeps the metrics history of a run and says, after each evaluation, what to warn about and whether the
@@ -123,6 +149,7 @@ class OverfitWatch:
     beta: float | None = None  # None: not a preference run (no reward metrics)
     total_steps: int | None = None  # set for losses that start at ln 2 (sigmoid, cdpo, robust): the not-learning check
     chosen_drop: float = 5.0
+    drift_kl: float = 0.5
     records: list[dict] = field(default_factory=list)
     best_loss: float = float("inf")
     best_step: int | None = None
@@ -140,7 +167,7 @@ class OverfitWatch:
         beta = getattr(config, "beta", None) if needs_reference(loss) and not is_feedback_loss(loss) else None
         from_ln2 = starts_at_ln2(loss) and not getattr(config, "sft_weight", 0)
         watch = cls(patience=config.patience, beta=beta, chosen_drop=getattr(config, "warn_chosen_drop", 5.0),
-                    total_steps=total_steps if from_ln2 else None)
+                    total_steps=total_steps if from_ln2 else None, drift_kl=getattr(config, "warn_drift_kl", 0.5))
         if resumed.get("best_eval_loss") is not None:
             watch.best_loss, watch.best_step = resumed["best_eval_loss"], resumed["best_step"]
         return watch
@@ -164,11 +191,16 @@ class OverfitWatch:
         checks = {"not_learning": not_learning(self.records, self.total_steps), "collapse": collapse,
                   "both_falling": both_falling({"step": step, **metrics}, self.beta or 0, self.chosen_drop),
                   "stall": stalled_while_training_rises(self.records, self.patience),
-                  "chosen_drop": chosen_likelihood_drop({"step": step, **metrics}, self.beta or 0, self.chosen_drop)}
+                  "chosen_drop": chosen_likelihood_drop({"step": step, **metrics}, self.beta or 0, self.chosen_drop),
+                  "drift": drifting({"step": step, **metrics}, self.start_eval(), self.drift_kl)}
         new = [w for kind, w in checks.items() if w and kind not in self.fired]
         self.fired.update(kind for kind, w in checks.items() if w)
         self.warnings += new
         return improved, new
+
+    def start_eval(self) -> dict | None:
+        """The step-0 evaluation (the policy equal to its reference), if this process saw it."""
+        return next((r for r in self.records if r.get("step") == 0 and "eval/loss" in r), None)
 
     def should_stop(self) -> bool:
         return self.evals_since_best >= self.patience
