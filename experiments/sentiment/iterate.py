@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="models and runs (default runs/sentiment[-quick])")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 when the machine is shared: "
+                        "OpenMP threads spinning against another job's slow each other down many times over)")
+    parser.add_argument("--fresh", action="store_true", help="start the runs again instead of resuming them")
     args = parser.parse_args(argv)
     sizes = replace(QUICK if args.quick else FULL, pair_prompts=ROUNDS * PER_ROUND, eval_prompts=32)
     work = Path(args.work or ("runs/sentiment-quick" if args.quick else "runs/sentiment"))
@@ -70,13 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, (rounds, per_round) in runs.items():
         t = time.time()
+        output = work / ("iterate" if rounds > 1 else "offline")
+        resume = (output / "config.yaml").is_file() and not args.fresh  # a killed run continues where it stopped
         config = IterateConfig(
             model=str(sft_model), prompts=str(prompts), held_out=str(held_out), eval_prompts=len(eval_prompts),
             judge=f"py:{HERE / 'judge.py'}:positive", rounds=rounds, prompts_per_round=per_round,
             samples_per_prompt=K, eval_samples=4, no_chat_template=True, temperature=1.0,
             allow_truncated_chosen=True,  # continuations are cut at max_new_tokens by design, as in run.py
             max_new_tokens=sizes.max_new_tokens, sample_batch_size=64, beta=0.1, learning_rate=sizes.dpo_lr,
-            epochs=sizes.dpo_epochs, output=str(work / ("iterate" if rounds > 1 else "offline")), overwrite=True,
+            epochs=sizes.dpo_epochs, output=str(output), resume=resume, overwrite=not resume, save_every=4,
             **common)
         results[name] = run_iterate(config)["rounds"]
         timings[name] = round(time.time() - t, 1)

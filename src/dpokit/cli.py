@@ -78,14 +78,11 @@ def cmd_reward(args) -> int:
 def cmd_pipeline(args) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_processes(args.nproc, args.argv)
-    from .pipeline import load_recipe, run_pipeline
+    from .config import config_from_args
+    from .pipeline import make_recipe, run_pipeline
 
-    from .errors import UserError
-
-    if args.overwrite and args.resume:
-        raise UserError("--resume continues a pipeline and --overwrite deletes it; pick one")
-    recipe = load_recipe(args.config, model=args.model, output=args.output)
-    run_pipeline(recipe, overwrite=args.overwrite, resume=args.resume)
+    config = config_from_args(args.config_class, args)
+    run_pipeline(make_recipe(config, args.config or "config"), overwrite=config.overwrite, resume=config.resume)
     return 0
 
 
@@ -237,17 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "round against the starting model, and held-out reward, win rate, KL and length.")
     add_arguments(iterate, config.IterateConfig)
     iterate.set_defaults(func=cmd_iterate, config_class=config.IterateConfig, takes_config=True)
-    pipeline = add("pipeline", "SFT then DPO in one command, from a recipe (recipes/*.yaml); the DPO reference is the "
-                               "SFT result")
-    pipeline.add_argument("--config", required=True, help="recipe YAML: model, output, sft: {...}, dpo: {...} (its "
-                          "own config file; unknown keys refused)")
-    pipeline.add_argument("--model", default=None, help="starting model (overrides the recipe's)")
-    pipeline.add_argument("--output", default=None, help="pipeline folder (overrides the recipe's)")
-    pipeline.add_argument("--overwrite", action="store_true", help="replace the stages' folders if in use")
-    pipeline.add_argument("--resume", action="store_true", help="keep finished stages, continue an unfinished one")
+    pipeline = add("pipeline", "SFT then DPO in one command, from a recipe (recipes/*.yaml, given as --config); the DPO "
+                               "reference is the SFT result")
+    add_arguments(pipeline, config.PipelineConfig)
     pipeline.add_argument("--nproc", type=int, default=1, help="run each stage with N processes (DDP via accelerate "
                           "launch)")
-    pipeline.set_defaults(func=cmd_pipeline)
+    pipeline.set_defaults(func=cmd_pipeline, config_class=config.PipelineConfig)
     for name, cls_name, func, text, description in COMMANDS:
         command = add(name, text, description)
         add_arguments(command, getattr(command_config, cls_name))
@@ -272,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finished = False
     try:
-        if getattr(args, "takes_config", False):  # every command but the training ones and pipeline (--nproc)
+        if getattr(args, "takes_config", False):  # every command but those that launch processes (--nproc)
             from .config import config_from_args
 
             code = args.func(config_from_args(args.config_class, args))

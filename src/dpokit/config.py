@@ -250,6 +250,27 @@ def check_iterate_config(c: IterateConfig) -> None:
         bad("loss", "kto trains on thumbs-up/down examples; iterate makes pairs: use a pair loss")
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    """`dpokit pipeline`: SFT then DPO. Its config file is the recipe (recipes/*.yaml): these keys at the top, the
+    stages' own keys under sft: and dpo:."""
+
+    NOT_FLAGS: ClassVar[tuple[str, ...]] = ("sft", "dpo")  # whole stages: in the recipe file only
+
+    model: str = opt(EMBEDDED_MODEL, "the starting model (SFT starts from it; DPO from the SFT result, which is also "
+                                     "its reference unless dpo: sets ref)")
+    output: str = opt("runs/pipeline", "pipeline folder: the stages write OUTPUT/sft and OUTPUT/dpo")
+    sft: Optional[dict] = opt(None, "keys of dpokit sft; without data, SFT trains on the DPO set's chosen answers "
+                                    "(Preferred-FT)")
+    dpo: Optional[dict] = opt(None, "keys of dpokit dpo")
+    overwrite: bool = opt(False, "replace the stages' folders if in use")
+    resume: bool = opt(False, "keep finished stages, continue an unfinished one from its checkpoint")
+
+    def __post_init__(self):
+        if self.overwrite and self.resume:
+            raise UserError("config: resume: --resume continues a pipeline and --overwrite deletes it; pick one")
+
+
 def check_train_config(c: TrainConfig) -> None:
     def bad(key: str, why: str):
         raise UserError(f"config: {key}: {why}")

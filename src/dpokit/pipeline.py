@@ -1,6 +1,6 @@
 """`dpokit pipeline --config recipe.yaml`: the two-stage recipe, SFT then DPO, in one command.
 
-A recipe is YAML with four keys:
+A recipe is the pipeline's config file (config.PipelineConfig: unknown keys refused, flags win), with the keys:
     model:  the starting model (default: the embedded SmolLM2-135M-Instruct)
     output: the pipeline folder; the stages write OUTPUT/sft and OUTPUT/dpo
     sft:    keys of `dpokit sft` (optional: without `data`, SFT trains on the DPO set's chosen answers, "Preferred-FT")
@@ -14,11 +14,9 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import DEFAULT_DATA, DPOConfig, SFTConfig, build_config, read_yaml
+from .config import DEFAULT_DATA, DPOConfig, PipelineConfig, SFTConfig, build_config, read_yaml
 from .errors import UserError
-from .models import EMBEDDED_MODEL
 
-TOP_KEYS = ("model", "output", "sft", "dpo")
 SET_BY_PIPELINE = ("model", "output", "ref", "resume", "overwrite")
 
 
@@ -31,31 +29,32 @@ class Recipe:
 
 
 def load_recipe(path: str, *, model: str | None = None, output: str | None = None) -> Recipe:
-    """Read and validate a recipe; every key problem names the file and the stage."""
-    raw = read_yaml(path)
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r}; a recipe has {', '.join(TOP_KEYS)}")
+    """Read and validate a recipe file; `model` and `output` override its own."""
+    values = read_yaml(path)
+    values.update({k: v for k, v in (("model", model), ("output", output)) if v is not None})
+    return make_recipe(build_config(PipelineConfig, values, path), path)
+
+
+def make_recipe(config: PipelineConfig, source: str = "config") -> Recipe:
+    """The two stages' configs; every key problem names the source and the stage."""
     stages = {}
     for stage in ("sft", "dpo"):
-        values = raw.get(stage) or {}
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: {stage} must be a mapping of {stage} settings")
-        values = {k.replace("-", "_"): v for k, v in values.items()}
+        values = {k.replace("-", "_"): v for k, v in (getattr(config, stage) or {}).items()}
         fixed = sorted(set(values) & set(SET_BY_PIPELINE))
         if fixed:
-            raise UserError(f"{path}: {stage}.{fixed[0]} is set by the pipeline; put model and output at the top level")
+            raise UserError(f"{source}: {stage}.{fixed[0]} is set by the pipeline; put model and output at the top "
+                            "level")
         stages[stage] = values
-    start = model or raw.get("model") or EMBEDDED_MODEL
-    root = Path(output or raw.get("output") or "runs/pipeline")
+    root = Path(config.output)
     preferred_ft = "data" not in stages["sft"]
     if preferred_ft:
         stages["sft"]["data"] = stages["dpo"].get("data", DEFAULT_DATA)
         if "columns" in stages["dpo"] and "columns" not in stages["sft"]:  # the same file is read the same way
             stages["sft"]["columns"] = stages["dpo"]["columns"]
-    sft = build_config(SFTConfig, {**stages["sft"], "model": str(start), "output": str(root / "sft")}, f"{path}: sft")
+    sft = build_config(SFTConfig, {**stages["sft"], "model": str(config.model), "output": str(root / "sft")},
+                       f"{source}: sft")
     dpo = build_config(DPOConfig, {**stages["dpo"], "model": str(root / "sft" / "final"), "output": str(root / "dpo")},
-                       f"{path}: dpo")
+                       f"{source}: dpo")
     return Recipe(sft, dpo, root, preferred_ft)
 
 
