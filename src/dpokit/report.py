@@ -108,6 +108,9 @@ def write_html(run_dir: Path) -> Path:
     import base64
     import html
 
+    if (run_dir / "rounds.jsonl").is_file():  # a dpokit iterate run: its rounds
+        return write_rounds_html(run_dir)
+
     png = plot_run(run_dir)
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
@@ -134,6 +137,72 @@ window.addEventListener("load", () => {{
   document.body.dataset.imagesLoaded = String(shown);
 }});
 </script>
+</body></html>
+"""
+    out = run_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+# ---- dpokit iterate: one point per round ----------------------------------------------------------------------------
+
+ROUND_PANELS = (("reward", "held-out judge reward"), ("win_rate/start", "win rate vs the starting model"),
+                ("kl", "KL to the reference (nats)"), ("length", "mean length (tokens)"))
+
+
+def plot_rounds(run_dir: Path, history: list[dict]) -> Path:
+    """RUN/report.png of an iterate run: held-out reward, win rate against the start, KL and length per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    for ax, (key, label) in zip(axes.flat, ROUND_PANELS):
+        points = [(h["round"], h[key]) for h in history if key in h]
+        if key == "win_rate/start":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_title(label)
+        ax.set_xlabel("round")
+        ax.set_xticks(rounds)
+    path = run_dir / "report.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_rounds_html(run_dir: Path) -> Path:
+    """RUN/report.html of an iterate run: the rounds plot, a table of every round, warnings and the config."""
+    import base64
+    import html
+
+    history = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
+    image = base64.b64encode(plot_rounds(run_dir, history).read_bytes()).decode()
+    config_path = run_dir / "config.yaml"
+    config = config_path.read_text(encoding="utf-8") if config_path.is_file() else "(no config.yaml)"
+    columns = ("round", "pairs", "dropped", "reward", "win_rate/start", "win_rate/last", "kl", "length", "seconds")
+
+    def cell(value) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
+        return f"<td>{html.escape(str(text if value is not None else '–'))}</td>"
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(cell(h.get(c)) for c in columns) + "</tr>" for h in history)
+    warnings = "".join(f"<li>{html.escape(h['warning'])}</li>" for h in history if h.get("warning"))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dpokit iterate: {html.escape(str(run_dir))}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1150px}} th,td{{text-align:left;padding-right:1.5em}}
+.warn{{background:#fff3cd;padding:.5em 1em;border-left:4px solid #e0a800}} pre{{background:#f6f6f6;padding:1em}}</style>
+</head><body>
+<h1>dpokit iterate: {html.escape(str(run_dir))}</h1>
+<table id="rounds"><tr>{head}</tr>{rows}</table>
+{f'<div class="warn" id="warnings"><b>Warnings</b><ul>{warnings}</ul></div>' if warnings else ''}
+<h2>Rounds (round 0: the starting model)</h2>
+<img id="plots" alt="held-out reward, win rate, KL and length per round" width="1000" src="data:image/png;base64,{image}">
+<h2>Config</h2>
+<pre id="config">{html.escape(config)}</pre>
 </body></html>
 """
     out = run_dir / "report.html"

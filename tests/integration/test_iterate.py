@@ -78,6 +78,8 @@ def test_the_rewarded_word_spreads_over_two_rounds(tiny_model_dir, inputs, tmp_p
     assert all(p["prompt"][0]["role"] == "user" and len(p["prompt"]) == 1 for p in pairs)
     assert all(text(p["chosen"]).count("the") > text(p["rejected"]).count("the") for p in pairs)
     assert (run / "report.png").is_file() and (run / "round-2" / "train" / "final" / "model.safetensors").is_file()
+    page = (run / "report.html").read_text()
+    assert page.count("<tr>") == 4 and 'id="rounds"' in page and "data:image/png;base64," in page  # head + 3 rounds
     # the round's pairs train with dpokit dpo unchanged
     assert main(["validate", str(run / "round-1" / "pairs.jsonl"), "--no-tokens"]) == 0
 

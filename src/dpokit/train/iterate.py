@@ -37,6 +37,7 @@ from ..generate import eos_ids, generate, read_prompts
 from ..judges import Judge, Sample, load_judge
 from ..judges.implicit import add_logps
 from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from ..report import write_rounds_html
 from .given import Given
 from .setup import prepare_run_dir
 
@@ -343,7 +344,7 @@ def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
     summary = {"rounds": history, "judge": config.judge, "output": str(it.run_dir),
                "final": str(it.run_dir / f"round-{config.rounds}" / "train" / "final")}
     (it.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary["report"] = str(plot_rounds(it.run_dir, history))
+    summary["report"] = str(write_rounds_html(it.run_dir))
     return summary
 
 
@@ -354,28 +355,3 @@ def format_round(h: dict) -> str:
     line = (f"dpokit iterate: round {h['round']}{made}: held-out reward {h['reward']:.4f}{wins}, KL {h['kl']:.3f}, "
             f"length {h['length']:.1f} tokens")
     return line + (f"\n  warning: {h['warning']}" if h.get("warning") else "")
-
-
-def plot_rounds(run_dir: Path, history: list[dict]) -> Path:
-    """OUTPUT/report.png: held-out reward, win rate against the start, KL and length per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [h["round"] for h in history]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
-    for ax, (key, label) in zip(axes.flat, (("reward", "held-out judge reward"), ("win_rate/start", "win rate vs the "
-                                           "starting model"), ("kl", "KL to the reference (nats)"),
-                                           ("length", "mean length (tokens)"))):
-        points = [(h["round"], h[key]) for h in history if key in h]
-        if key == "win_rate/start":
-            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-        ax.set_title(label)
-        ax.set_xlabel("round")
-        ax.set_xticks(rounds)
-    path = run_dir / "report.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
