@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from reward import DATA_DIR, fit_reward, read_reviews  # noqa: E402
-from run import FULL, QUICK, build_prompts, train, write_jsonl  # noqa: E402
+from run import FULL, QUICK, prompts_and_sft, write_jsonl  # noqa: E402
 
 ROUNDS, PER_ROUND, K = 3, 64, 4
 
@@ -58,12 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     reward_path = HERE / ("results-quick" if args.quick else "results") / "reward_model.joblib"
     _, reward_info = fit_reward(train_reviews, test_reviews, reward_path)
     os.environ["SENTIMENT_REWARD"] = str(reward_path)
-    sft_examples, pair_prompts, eval_prompts = build_prompts(data, train_reviews, test_reviews, sizes, args.seed)
-    sft_data = write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": c} for p, c in sft_examples])
-    common = {"max_length": sizes.max_length, "max_prompt_length": 16, "batch_size": sizes.batch_size,
-              "seed": args.seed, "warmup_steps": 2, "lr_schedule": "linear"}
-    sft_model = train("sft", work / "sft", model=args.model, data=str(sft_data), epochs=sizes.sft_epochs,
-                      learning_rate=sizes.sft_lr, **common)
+    sft_model, pair_prompts, eval_prompts, common = prompts_and_sft(data, train_reviews, test_reviews, sizes, args,
+                                                                     work)
     timings["classifier and SFT"] = round(time.time() - started, 1)
     prompts = write_jsonl(work / "iterate-prompts.jsonl", [{"prompt": p} for p in pair_prompts])
     held_out = write_jsonl(work / "iterate-held-out.jsonl", [{"prompt": p} for p in eval_prompts])

@@ -181,6 +181,18 @@ def build_prompts(data: Path, train_reviews: list[dict], test_reviews: list[dict
     return train_prompts[: sizes.sft_examples], [p for p, _ in train_prompts[sizes.sft_examples:]], eval_prompts
 
 
+def prompts_and_sft(data: Path, train_reviews, test_reviews, sizes: Sizes, args, work: Path):
+    """(the SFT model, pair prompts, eval prompts, the training settings every stage shares): prompts from the
+    reviews, then `dpokit sft` on prefix → continuation (reused when its stamp matches)."""
+    sft_examples, pair_prompts, eval_prompts = build_prompts(data, train_reviews, test_reviews, sizes, args.seed)
+    sft_data = write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": c} for p, c in sft_examples])
+    common = {"max_length": sizes.max_length, "max_prompt_length": 16, "batch_size": sizes.batch_size,
+              "seed": args.seed, "warmup_steps": 2, "lr_schedule": "linear"}
+    sft_model = train("sft", work / "sft", model=args.model, data=str(sft_data), epochs=sizes.sft_epochs,
+                      learning_rate=sizes.sft_lr, **common)
+    return sft_model, pair_prompts, eval_prompts, common
+
+
 def sample_pairs(sft_model: Path, prompts: list[str], reward, sizes: Sizes, work: Path, seed: int) -> Path:
     """pairs.jsonl from SFT samples ranked by the true reward; reused while the SFT model and sizes are the same."""
     path, stamp_path = work / "pairs.jsonl", work / "pairs.stamp"
@@ -234,12 +246,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{reward_info['test_reviews']} test reviews", flush=True)
     t = lap("reward classifier", t)
 
-    sft_examples, pair_prompts, eval_prompts = build_prompts(data, train_reviews, test_reviews, sizes, args.seed)
-    sft_data = write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": c} for p, c in sft_examples])
-    common = {"max_length": sizes.max_length, "max_prompt_length": 16, "batch_size": sizes.batch_size,
-              "seed": args.seed, "warmup_steps": 2, "lr_schedule": "linear"}
-    sft_model = train("sft", work / "sft", model=args.model, data=str(sft_data), epochs=sizes.sft_epochs,
-                      learning_rate=sizes.sft_lr, **common)
+    sft_model, pair_prompts, eval_prompts, common = prompts_and_sft(data, train_reviews, test_reviews, sizes, args,
+                                                                     work)
     t = lap("SFT", t)
     pairs_path = sample_pairs(sft_model, pair_prompts, reward, sizes, work, args.seed)
     pairs = [json.loads(line) for line in pairs_path.read_text(encoding="utf-8").splitlines()]

@@ -13,21 +13,14 @@ from ..types import LossOutput
 
 
 def pair_metrics(out: LossOutput, policy: PairLogps) -> dict[str, torch.Tensor]:
-    """Per-pair values, (B,) each; averaging happens over all pairs of a step or an eval set.
+    """Per-pair values, (B,) each; averaging happens over all pairs of a step or an eval set: a reward model's
+    (below) and the policy's log-probs of both answers.
 
     Accuracy counts a pair as right only when the chosen reward is strictly larger: a tie (as at step 0,
     where policy = reference and every margin is 0) counts as wrong, as in TRL and the reference code.
     """
-    return {
-        "loss": out.losses.detach(),
-        "rewards/chosen": out.chosen_rewards,
-        "rewards/rejected": out.rejected_rewards,
-        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
-        "rewards/margins": out.chosen_rewards - out.rejected_rewards,
-        "logps/chosen": policy.chosen.detach(),
-        "logps/rejected": policy.rejected.detach(),
-        **(out.extras or {}),
-    }
+    return {**reward_model_metrics(out), "logps/chosen": policy.chosen.detach(),
+            "logps/rejected": policy.rejected.detach(), **(out.extras or {})}
 
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
