@@ -2,7 +2,8 @@
 import copy
 
 from dpokit.data.templates import render_chat, render_prompt, templated
-from dpokit.eval.rewards import ClassifierReward, Sample
+from dpokit.judges import Sample
+from dpokit.judges.classifier import ClassifierJudge
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 
@@ -37,6 +38,6 @@ def test_without_a_template_text_stays_verbatim_and_messages_become_role_lines(t
 
 def test_a_reward_model_reads_the_conversation_as_training_renders_it(tiny_tokenizer):
     sample = Sample(CHAT, "Hello", (), ())
-    assert ClassifierReward(None, tiny_tokenizer, "hf:x").text(sample) == render_chat(tiny_tokenizer, CHAT, "Hello")
+    assert ClassifierJudge(None, tiny_tokenizer, "hf:x").text(sample) == render_chat(tiny_tokenizer, CHAT, "Hello")
     # no template: the reward model's own plain layout ('role: content' lines, then the response)
-    assert ClassifierReward(None, plain(tiny_tokenizer), "hf:x").text(sample) == "system: Be brief.\nuser: HiHello"
+    assert ClassifierJudge(None, plain(tiny_tokenizer), "hf:x").text(sample) == "system: Be brief.\nuser: HiHello"
