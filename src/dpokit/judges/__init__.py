@@ -4,7 +4,8 @@
     hf:DIR               a local sequence-classification reward model (one trained by `dpokit reward`, or any) with
                          its own tokenizer and chat template. The reward is its last logit; with exactly 2 labels
                          logit[1] − logit[0] (the log-odds of label 1, "good"), so a binary classifier and a 1-logit
-                         reward model read the same way.
+                         reward model read the same way. A `dpokit reward` model scores exactly the token ids its
+                         training built (classifier.py).
     py:MODULE:FUNCTION   a Python callable f(prompts: list[str], responses: list[str]) -> list[float]; MODULE is an
                          importable module or a path to a .py file. Chat prompts arrive as "role: content" lines.
     implicit             β · (log π(y|x) − log π_ref(y|x)) of a policy and its reference on the exact sampled ids
