@@ -36,7 +36,7 @@ from ..data.templates import templated
 from ..generate import eos_ids, generate, read_prompts
 from ..judges import Judge, Sample, load_judge
 from ..judges.implicit import add_logps
-from ..models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from ..models import EMBEDDED_MODEL, frozen_copy, load_model, load_tokenizer, resolve_model_path
 from ..report import write_rounds_html
 from .given import Given
 from .setup import prepare_run_dir
@@ -158,7 +158,8 @@ def dpo_config(config: IterateConfig, round_dir: Path, data: Path) -> DPOConfig:
     names = {f.name for f in dataclasses.fields(DPOConfig)}
     values = {k: v for k, v in dataclasses.asdict(config).items() if k in names}
     resume = (round_dir / "train").is_dir() and any((round_dir / "train").glob("checkpoint-*"))
-    return DPOConfig(**{**values, "model": DPOConfig.model, "data": str(data), "output": str(round_dir / "train"),
+    # the policy is handed over as an object (Given), so `model` stays at its default, as check_given requires
+    return DPOConfig(**{**values, "model": EMBEDDED_MODEL, "data": str(data), "output": str(round_dir / "train"),
                         "eval_fraction": 0.0, "resume": resume, "overwrite": not resume})
 
 
@@ -169,8 +170,7 @@ def evaluate_round(policy, reference, tokenizer, judge: Judge, held: list, confi
     k = config.eval_samples
     rows = sample(policy, tokenizer, held, k, config, seed=config.seed + 1_000_003)
     groups = [("policy", rows)] + [(name, r) for name, r in (("start", start_rows), ("last", last_rows)) if r]
-    combined = [dict(row, prompt_index=row["prompt_index"], sample=g * k + row["sample"])
-                for g, (_, group) in enumerate(groups) for row in group]
+    combined = [dict(row, sample=g * k + row["sample"]) for g, (_, group) in enumerate(groups) for row in group]
     path = round_dir / "eval-judgments.jsonl"
     scores = judge_rows(judge, combined, path, k * len(groups))
     by_group = {name: scores[g * len(rows):(g + 1) * len(rows)] for g, (name, _) in enumerate(groups)}
@@ -181,8 +181,7 @@ def evaluate_round(policy, reference, tokenizer, judge: Judge, held: list, confi
                                  torch.tensor([s.reference_logps for s in samples])),
                "length": statistics.fmean(len(r["response_ids"]) for r in rows),
                "ended": statistics.fmean(r["ended"] for r in rows)}
-    # the k × k comparisons per prompt under the judge's scores of this call (grouped prompt-major: regroup)
-    for name in ("start", "last"):
+    for name in ("start", "last"):  # each group is prompt-major with k per prompt, as win_rate reads them
         if name in by_group:
             metrics[f"win_rate/{name}"] = win_rate(by_group["policy"], by_group[name], k)
     for row, score in zip(rows, by_group["policy"]):
