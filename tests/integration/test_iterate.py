@@ -133,3 +133,32 @@ def test_implicit_judge_needs_its_reference_and_moves_with_the_policy(tiny_model
     assert main([*base, "--judge", f"implicit:{other}", "--output", str(tmp_path / "b")]) == 0
     rounds = [json.loads(line) for line in (tmp_path / "b" / "rounds.jsonl").read_text().splitlines()]
     assert rounds[1]["pairs"] > 0 and rounds[0]["reward"] != 0
+
+
+@pytest.mark.slow
+def test_killed_while_training_resumes_from_its_checkpoint_and_ends_equal(tiny_model_dir, inputs, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "DPOKIT_CACHE": str(tmp_path / "cache"), "JUDGE_STATE": str(tmp_path / "j.state")}
+    one_round = ["--rounds", "1", "--max-steps", "60", "--save-every", "5"]
+    whole = tmp_path / "whole"
+    assert run_cli(args(tiny_model_dir, inputs, whole, *one_round), env).returncode == 0
+
+    killed = tmp_path / "killed"
+    train = killed / "round-1" / "train"
+    process = subprocess.Popen([sys.executable, "-m", "dpokit", *args(tiny_model_dir, inputs, killed, *one_round)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (train / "checkpoint-10").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (train / "final").exists(), "the kill came after training ended: nothing was tested"
+    resumed = run_cli(args(tiny_model_dir, inputs, killed, *one_round, "--resume"), env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = [json.loads(x)["step"] for x in (train / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == sorted(set(metrics)) and metrics[-1] == 60  # continued, nothing logged twice
+    a = load_file(whole / "round-1" / "train" / "final" / "model.safetensors")
+    b = load_file(train / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
