@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .memory import BYTES
-from .plan import (FIT_FRACTION, GB, ZERO_CHOICES, ModelShape, Plan, PlanSettings, alternatives, check_settings,
+from .plan import (BYTES, FIT_FRACTION, GB, ZERO_CHOICES, ModelShape, Plan, PlanSettings, alternatives, check_settings,
                    make_plan, model_shape, row_tokens)
 
 

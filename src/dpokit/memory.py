@@ -5,8 +5,8 @@ The numbers are `dpokit plan`'s (plan.estimate_memory, held against measured pea
 length, full (tokens × vocabulary) logits, no gradient checkpointing, glibc's CPU runtime. Counts, in bytes: policy
 weights, gradients and AdamW's two moments (all in the training dtype), the reference copy, and the activations of
 one micro-batch (every layer's inputs and MLP intermediates for backward, plus the LM head's float32 logits, their
-log-softmax and gradient). It errs on the high side. This module also keeps the per-layer activation count and the
-byte sizes the planner builds on.
+log-softmax and gradient). It errs on the high side. The formula, its per-layer activation count and byte sizes live
+in plan.py; this module asks it and checks the answer against the memory the machine has.
 """
 from __future__ import annotations
 
@@ -17,25 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# Python, torch, tokenizer, data, and glibc's heap fragments: calibrated on CPU runs (docs/scale.md).
-RUNTIME_CPU = 600 * 2**20
-# With --cpu-malloc lean there are no heap fragments left to cover: Python with torch, transformers and the model
-# code imported, before any weight loads, measured at 408-420 MB on SmolLM2 runs.
-RUNTIME_CPU_LEAN = 420 * 2**20
-
-
-def layer_activation_elements(hidden: int, intermediate: int) -> int:
-    """Elements one decoder layer keeps for backward, per token (Llama-style: RMSNorm, attention, gated MLP).
-
-    10·h: the two norms' inputs, their float32 upcasts and normalised outputs, the query and the attention output;
-    4·I: the MLP's gate and up projections, the activated gate and the product fed to the down projection. Key and
-    value (2 × kv heads × head size ≤ 2·h) fit inside the generous norm count. For a GPT layer with a 4·h MLP this is
-    26·h elements, against Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
-    eq. 1) 34·h bytes = 17·h 16-bit elements with flash attention and dropout masks: ours errs on the high side.
-    """
-    return 10 * hidden + 4 * intermediate
+from .plan import BYTES, RUNTIME_CPU, PlanSettings, config_shape, estimate_memory
 
 
 @dataclass
@@ -59,7 +41,6 @@ class MemoryEstimate:
 
 def count_parameters(model_path: Path) -> tuple[int, object]:
     """(parameters, config) of a model folder, counted on the meta device."""
-    from .plan import config_shape  # plan builds on this module's constants: imported here, not at the top
 
     config = _config(model_path)
     return config_shape(config, str(model_path)).params, config
@@ -68,7 +49,6 @@ def count_parameters(model_path: Path) -> tuple[int, object]:
 def estimate(model_path: Path, *, dtype: str, micro_batch_pairs: int, max_length: int, separate_reference: bool,
              reference_path: Path | None = None) -> MemoryEstimate:
     """What `dpokit dpo` will hold at its peak, by the planner's formula (see the module docstring)."""
-    from .plan import PlanSettings, config_shape, estimate_memory
 
     shape = config_shape(_config(model_path), str(model_path))
     # What the prompt's share of max_length is does not matter to padded rows with full logits.

@@ -14,7 +14,7 @@ Memory per device, in bytes (P all parameters, T trainable ones, N devices, s by
 - reference: with `--reference-cache on` (the default) only a table of log-probs (no model) during training; with
   `off`, a second full copy (P·s) on every device: dpokit moves the live reference whole to each process and does
   not shard it. With LoRA the reference is the base with adapters disabled: no copy.
-- activations of one micro-batch (see `memory.layer_activation_elements`): every layer keeps 10·h + 4·I elements
+- activations of one micro-batch (see `layer_activation_elements`): every layer keeps 10·h + 4·I elements
   per token without checkpointing; with it, each layer keeps its input (h) and one layer at a time is recomputed.
   The shared/packed layouts' (T × T) attention mask per row comes on top.
 - LM head: the lean path (default) makes logits only at answer positions, 1024 rows at a time: 3 chunks of
@@ -38,7 +38,25 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .memory import BYTES, RUNTIME_CPU, RUNTIME_CPU_LEAN, layer_activation_elements
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Python, torch, tokenizer, data, and glibc's heap fragments: calibrated on CPU runs (docs/scale.md).
+RUNTIME_CPU = 600 * 2**20
+# With --cpu-malloc lean there are no heap fragments left to cover: Python with torch, transformers and the model
+# code imported, before any weight loads, measured at 408-420 MB on SmolLM2 runs.
+RUNTIME_CPU_LEAN = 420 * 2**20
+
+
+def layer_activation_elements(hidden: int, intermediate: int) -> int:
+    """Elements one decoder layer keeps for backward, per token (Llama-style: RMSNorm, attention, gated MLP).
+
+    10·h: the two norms' inputs, their float32 upcasts and normalised outputs, the query and the attention output;
+    4·I: the MLP's gate and up projections, the activated gate and the product fed to the down projection. Key and
+    value (2 × kv heads × head size ≤ 2·h) fit inside the generous norm count. For a GPT layer with a 4·h MLP this is
+    26·h elements, against Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+    eq. 1) 34·h bytes = 17·h 16-bit elements with flash attention and dropout masks: ours errs on the high side.
+    """
+    return 10 * hidden + 4 * intermediate
 
 GB = 2**30
 CHUNK_ROWS = 1024  # dpokit.logprobs.CHUNK_ROWS: answer positions per LM-head chunk

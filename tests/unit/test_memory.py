@@ -1,7 +1,8 @@
 """The up-front memory check of `dpokit dpo` counts by `dpokit plan`'s formula: one number for the same settings."""
 import json
 
-from dpokit.memory import RUNTIME_CPU, estimate, layer_activation_elements
+from dpokit.memory import estimate
+from dpokit.plan import RUNTIME_CPU, layer_activation_elements
 from dpokit.plan import PlanSettings, make_plan, model_shape
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dpokit.errors import UserError
-from dpokit.memory import layer_activation_elements
+from dpokit.plan import layer_activation_elements
 from dpokit.plan import GB, PlanSettings, alternatives, make_plan, model_shape, row_tokens
 
 
