@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dpokit.eval.samples import kl_estimate, response_logps_ids
+from dpokit.eval.generation import kl_estimate
+from dpokit.logprobs import response_logps_ids
 from dpokit.generate import encode, sampling_args
 
 

@@ -12,13 +12,19 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import torch
+
 from ..data.prepare import prompt_key
 from ..errors import UserError
 from ..generate import generate, read_prompts
 from .files import default_out, is_run_dir, load_models, prepare_out, resolve_models, write_json, write_jsonl
 from ..judges import Sample, load_judge
 from ..judges.implicit import add_logps
-from .samples import kl_estimate
+
+
+def kl_estimate(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> float:
+    """Sequence-level KL(π ‖ π_ref) estimated from samples y ~ π: mean of log π(y|x) − log π_ref(y|x)."""
+    return float((policy_logps - reference_logps).mean())
 
 
 def draw(model, tokenizer, prompts: list, k: int, **sampling) -> list[Sample]:
@@ -48,8 +54,6 @@ def evaluate_generation(policy, reference, tokenizer, prompts: list, reward, *, 
     for samples in (policy_samples, reference_samples):
         add_logps(samples, policy, reference, tokenizer.pad_token_id, batch_size=batch_size)
     policy_rewards, reference_rewards = reward(policy_samples), reward(reference_samples)
-    import torch
-
     kl = kl_estimate(torch.tensor([s.policy_logps for s in policy_samples]),
                      torch.tensor([s.reference_logps for s in policy_samples]))
     summary = {"prompts": len(prompts), "k": k, "reward/policy": statistics.fmean(policy_rewards),

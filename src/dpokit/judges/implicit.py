@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..eval.samples import response_logps_ids
+from ..logprobs import response_logps_ids
 from .base import Sample
 
 

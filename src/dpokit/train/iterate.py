@@ -30,8 +30,7 @@ from ..config import DPOConfig, IterateConfig, dump_config
 from ..data.lists import scored_pairs
 from ..errors import UserError
 from ..eval.files import read_jsonl, write_jsonl
-from ..eval.generation import win_rate
-from ..eval.samples import kl_estimate
+from ..eval.generation import kl_estimate, win_rate
 from ..data.templates import templated
 from ..generate import eos_ids, generate, read_prompts
 from ..judges import Judge, Sample, load_judge

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..eval.samples import response_logps_ids
+from ..logprobs import response_logps_ids
 from ..generate import eos_ids
 
 
