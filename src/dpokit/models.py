@@ -19,6 +19,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def default_dtype() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit"))
 

@@ -143,23 +143,23 @@ def prepare_preference_data(config, tokenizer) -> PreparedData:
     return tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary)
 
 
-def load_sft_file(config, path: str):
-    """SFT examples of one file, or (CoHConfig) the Chain of Hindsight examples made of its pairs."""
-    from ..config import CoHConfig
+def load_sft_file(config, path: str, coh: bool = False):
+    """SFT examples of one file, or (`coh`: a Chain of Hindsight run, config.positive/negative its phrases) the
+    examples made of its pairs."""
     from .sft import load_coh_examples, load_sft_examples
 
     read = reading(config)
-    if isinstance(config, CoHConfig):
+    if coh:
         return load_coh_examples(resolve_data_path(path), config.positive, config.negative,
                                  skip_invalid=config.skip_invalid, **read)
     return load_sft_examples(resolve_data_path(path), skip_invalid=config.skip_invalid, columns=read["columns"])
 
 
-def prepare_sft_data(config, tokenizer):
+def prepare_sft_data(config, tokenizer, coh: bool = False):
     """Examples → held-out split by prompt → token ids with a loss mask; every data problem surfaces here."""
-    report = load_sft_file(config, config.data)
+    report = load_sft_file(config, config.data, coh)
     summary = {"data": file_summary(config.data, report)}
-    eval_examples = load_sft_file(config, config.eval_data).examples if config.eval_data else None
+    eval_examples = load_sft_file(config, config.eval_data, coh).examples if config.eval_data else None
     train, held_out = split_pairs(config, report.examples, eval_examples)
     counts, tokenized = Counter(), {}
     for name, examples in (("train", train), ("eval", held_out)):

@@ -63,8 +63,7 @@ def load_models(pair: ModelPair, *, dtype: str | None = None, allow_pickle: bool
     When --model and --ref are the same folder the reference IS the policy (one copy, identical numbers)."""
     import torch
 
-    from ..models import load_model, load_tokenizer
-    from ..train.setup import default_dtype
+    from ..models import default_dtype, load_model, load_tokenizer
 
     dtype = dtype or default_dtype()
     device = "cuda" if torch.cuda.is_available() else "cpu"

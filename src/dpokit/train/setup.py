@@ -8,7 +8,6 @@ from typing import Any
 import shutil
 from pathlib import Path
 
-import torch
 
 from ..errors import UserError
 from .checkpoint import latest_checkpoint
@@ -50,14 +49,10 @@ def prepare_run_dir(config, modify: bool = True) -> Path:
     return run_dir
 
 
-def default_dtype() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bfloat16"
-    return "float32"
-
-
 def run_dtype(config) -> str:
     from .engine import run_dtype as engine_dtype
+
+    from ..models import default_dtype
 
     return config.dtype or engine_dtype(config) or ("float32" if config.mixed_precision != "no" else default_dtype())
 

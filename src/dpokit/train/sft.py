@@ -28,7 +28,7 @@ def run_sft(config: SFTConfig, *, quiet: bool = False, objective: Objective | No
     started, accelerator, run_dir, dtype, model_path, tokenizer = start_run(config)
     main = accelerator.is_main_process
     with leave_nothing_on_error(config, run_dir, existed, main):
-        train, held_out, data_summary = prepare_sft_data(config, tokenizer)
+        train, held_out, data_summary = prepare_sft_data(config, tokenizer, coh=isinstance(config, CoHConfig))
     model = load_policy(model_path, config, dtype)
     if main:
         dump_config(config, run_dir / "config.yaml")
