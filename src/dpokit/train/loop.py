@@ -193,8 +193,11 @@ def train_loop(model, objective: Objective, tokenizer, source: DataSource, eval_
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if config.resume else None, writer=main)
 
     watch = OverfitWatch.for_run(config, resumed, total_steps=steps)
-    if start_step and log.first_record():  # resumed: the step-0 evaluation is every check's baseline
-        watch.records.append(log.first_record())
+    if start_step:  # resumed: the step-0 evaluation is every check's baseline
+        accelerator.wait_for_everyone()  # the main process has finished cutting metrics.jsonl back to the checkpoint
+        first = log.first_record()
+        if first:
+            watch.records.append(first)
 
     def after_eval(step: int, metrics: dict) -> list[str]:
         """Warnings to show; with --early-stop the best model so far goes to OUTPUT/best."""
