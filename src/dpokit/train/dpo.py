@@ -71,10 +71,12 @@ def estimate_memory(config: DPOConfig, model_path, ref_path, dtype: str, given: 
     return est
 
 
-def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, tokenizer, accelerator, given: Given):
+def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, tokenizer, accelerator, given: Given,
+                    source: ShuffledSource):
     """Live reference model, or cached log-probs (computed now if missing; no reference kept in memory after).
 
-    `ref_path` is the --ref folder, or the policy's own folder when there is no --ref (None for a model object)."""
+    `ref_path` is the --ref folder, or the policy's own folder when there is no --ref (None for a model object);
+    `source` is the run's data source: the cache needs only the training pairs its steps reach."""
     lean = not config.full_logits
 
     def reference_model():
@@ -94,14 +96,14 @@ def setup_reference(config: DPOConfig, ref_path, policy, data, dtype: str, token
             return AdaptersOffReference(policy, lean=lean)  # the base: no second copy of the weights
         return LiveReference(model if model is not None else frozen_copy(policy), lean=lean)
     splits = {"train": data.train, "eval": data.eval}
-    source = given.reference if given.reference is not None else given.model if not config.ref else None
-    model_fp = ref_cache.weights_fingerprint(source) if source is not None else ref_cache.model_fingerprint(ref_path)
+    in_memory = given.reference if given.reference is not None else given.model if not config.ref else None
+    model_fp = ref_cache.weights_fingerprint(in_memory) if in_memory is not None \
+        else ref_cache.model_fingerprint(ref_path)
     key = ref_cache.cache_key(model_fp, dtype, ref_cache.data_fingerprint(splits))
     path = ref_cache.cache_path_for(key)
     tables = ref_cache.load_cache(path, key, splits).tables if path.is_file() else ref_cache.empty_tables(splits)
-    steps = total_steps(config, len(data.train))
-    missing = ref_cache.missing_rows(tables, {"train": ShuffledSource.for_run(data.train, config, DPOObjective.length)
-                                              .reached(steps), "eval": list(range(len(data.eval)))})
+    missing = ref_cache.missing_rows(tables, {"train": source.reached(total_steps(config, len(data.train))),
+                                              "eval": list(range(len(data.eval)))})
     # Every process has looked at the cache before any writes to it, so all take the same branch (and meet at the
     # same barriers); otherwise a process that read the freshly written file would skip the barrier and hang the rest.
     accelerator.wait_for_everyone()
@@ -154,13 +156,13 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False, given: Given = Given(), c
     policy = prepare_policy(given.model.train(), config, None) if given.model is not None \
         else load_policy(model_path, config, dtype)
     # Reference-free losses (simpo, orpo): no reference model, no reference pass, no cache.
-    reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator, given) \
+    source = ShuffledSource.for_run(data.train, config, DPOObjective.length)
+    reference = setup_reference(config, ref_path, policy, data, dtype, tokenizer, accelerator, given, source) \
         if needs_reference(config.loss) else None
     if main:
         dump_config(config, run_dir / "config.yaml")
 
     objective = DPOObjective(reference, config)
-    source = ShuffledSource.for_run(data.train, config, objective.length)
     probe = make_probe(config, data, tokenizer, run_dir, accelerator)
     result = train_loop(policy, objective, tokenizer, source, data.eval, config, run_dir, accelerator, callbacks,
                         probe)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..logprobs import response_logps_ids
+from ..eval.files import read_jsonl
 from ..generate import eos_ids
 
 
@@ -50,12 +51,6 @@ def greedy(model, prompt_ids: list[tuple[int, ...]], eos: list[int], pad_id: int
     return answers
 
 
-def read_lines(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
-
-
 class GenerationProbe:
     def __init__(self, prompt_ids: list[tuple[int, ...]], tokenizer, run_dir: Path, max_new_tokens: int = 48):
         self.prompt_ids, self.tokenizer, self.max_new_tokens = prompt_ids, tokenizer, max_new_tokens
@@ -67,7 +62,7 @@ class GenerationProbe:
         if self.eos is None:
             self.eos = eos_ids(model, self.tokenizer)
             # resumed: answers a killed run wrote at or after this step are replaced by this run's
-            kept = [line for line in read_lines(self.answers_path) if line["step"] < step]
+            kept = [line for line in self.answers() if line["step"] < step]
             self.answers_path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in kept),
                                          encoding="utf-8")
         pad = self.tokenizer.pad_token_id
@@ -86,9 +81,13 @@ class GenerationProbe:
                 "drift/repetition": sum(map(repetition, answers)) / len(answers),
                 "drift/ended": sum(bool(a) and a[-1] in self.eos for a in answers) / len(answers)}
 
+    def answers(self) -> list[dict]:
+        """probe.jsonl's lines: the answers of each evaluation so far."""
+        return read_jsonl(self.answers_path) if self.answers_path.is_file() else []
+
     def side_by_side(self, limit: int = 2) -> list[dict]:
         """The first `limit` probe prompts with their answers at step 0 and at the last evaluation."""
-        lines = read_lines(self.answers_path)
+        lines = self.answers()
         if len(lines) < 2 or lines[0]["step"] != 0:
             return []
         prompts = self.tokenizer.batch_decode([list(p) for p in self.prompt_ids[:limit]], skip_special_tokens=True)
