@@ -1,0 +1,338 @@
+"""The labeling web app: log-in, compare and ranking views, undo, guidelines, admin. Server-rendered, no inline script.
+
+Security lives in two small ASGI layers so a new route cannot forget it: `Guard` refuses every request without a
+signed-in session (the log-in page and /static excepted) and every POST without the session's CSRF token;
+`SecurityHeaders` adds the Content-Security-Policy and friends to every response. Model and annotator text only ever
+reaches a page through Jinja2's autoescape; the guidelines go through markdown-it with raw HTML off.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import re
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qs
+
+HERE = Path(__file__).resolve().parent
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+           (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+PUBLIC_PATHS = ("/login",)  # and everything under /static/
+MAX_FORM_BYTES = 1 << 20  # a judgment with a long edited answer fits many times over
+MAX_SECONDS = 24 * 3600.0  # a tab left open overnight is not a measurement
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+# --- security layers ---------------------------------------------------------------------------------------------
+
+class SecurityHeaders:
+    """Adds CSP, nosniff, no-referrer and no-framing to every response; pages (not assets) are never cached."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                extra = list(HEADERS)
+                if not scope["path"].startswith("/static/"):
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Guard:
+    """No session, no entry (GET goes to the log-in page, anything else is 401); no CSRF token, no POST (403).
+
+    Runs inside SessionMiddleware, so scope["session"] is the signed cookie's content. The POST body is read here to
+    check the token and then handed on unchanged to the route.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        from starlette.responses import PlainTextResponse, RedirectResponse
+
+        if scope["type"] != "http" or scope["path"].startswith("/static/"):
+            return await self.app(scope, receive, send)
+        session, method = scope.get("session", {}), scope["method"]
+        if scope["path"] not in PUBLIC_PATHS and not session.get("user_id"):
+            refusal = (RedirectResponse("/login", status_code=303) if method in ("GET", "HEAD")
+                       else PlainTextResponse("sign in first", status_code=401))
+            return await refusal(scope, receive, send)
+        if method in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        body = await read_body(receive)
+        if body is None:
+            return await PlainTextResponse("form too large", status_code=413)(scope, receive, send)
+        if not csrf_ok(session, body):
+            return await PlainTextResponse("missing or wrong CSRF token: reload the page", status_code=403)(
+                scope, receive, send)
+        await self.app(scope, replay(body, receive), send)
+
+
+async def read_body(receive) -> bytes | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_FORM_BYTES:
+            return None
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return again
+
+
+def csrf_ok(session, body: bytes) -> bool:
+    expected = session.get("csrf") or ""
+    given = parse_qs(body.decode("ascii", "replace")).get("csrf", [""])[0]
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def login_delay(failed: int) -> float:
+    """Seconds to wait before answering a failed log-in: 0.25 s, doubling with each failure in a row, at most 5 s."""
+    return min(5.0, 0.25 * 2 ** max(0, failed - 1))
+
+
+# --- page helpers (pure) -------------------------------------------------------------------------------------------
+
+def prompt_turns(task) -> list[dict]:
+    """The prompt as turns to show: the stored conversation, an hh-rlhf "Human:/Assistant:" text split at its
+    markers, or one user turn."""
+    if task.prompt_messages:
+        return [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in task.prompt_messages]
+    text = task.prompt_text or ""
+    parts = HH_TURN.split(text)
+    if len(parts) < 3:
+        return [{"role": "user", "content": text}]
+    turns = [{"role": "user" if role == "Human" else "assistant", "content": content.strip("\n")}
+             for role, content in zip(parts[1::2], parts[2::2])]
+    if parts[0].strip():
+        turns.insert(0, {"role": "system", "content": parts[0].strip()})
+    return [t for t in turns if t["content"] or t["role"] == "user"]
+
+
+def markdown_html(text: str) -> str:
+    """Guidelines as HTML: raw HTML is shown as text, javascript:/vbscript:/data: links stay unlinked (markdown-it's
+    own link check)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False, "linkify": False}).render(text or "")
+
+
+def judgment_form(form) -> dict:
+    """The POST /judge fields as record_judgment's arguments. Empty fields are absent; a textarea's CRLF is LF again."""
+    def text(name):
+        value = (form.get(name) or "").replace("\r\n", "\n")
+        return value if value.strip() else None
+
+    choice = form.get("choice") or ""
+    fields = dict(choice=choice, strength=form.get("strength") or None, reason=text("reason"),
+                  edited_text=text("edited_text"), seconds=seconds(form.get("seconds")))
+    if choice == "rank":
+        fields["ranking"] = ranking(form)
+    return fields
+
+
+def seconds(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(number, MAX_SECONDS) if math.isfinite(number) and number >= 0 else None
+
+
+def ranking(form) -> list[int]:
+    """`rank_<response id>` = 1..N fields → response ids best first; the store refuses anything not a permutation."""
+    ranks = {}
+    for key, value in form.items():
+        if key.startswith("rank_"):
+            try:
+                ranks[int(key[5:])] = int(value)
+            except ValueError:
+                ranks[-1] = 0  # not a number: make the store refuse the ranking by name
+    return [response_id for response_id, _ in sorted(ranks.items(), key=lambda item: item[1])]
+
+
+def safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "label"
+
+
+# --- the app -------------------------------------------------------------------------------------------------------
+
+def create_app(project):
+    """The FastAPI app over an open labeling project (`store.open_project`)."""
+    from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import PlainTextResponse, RedirectResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from fastapi.templating import Jinja2Templates
+    from jinja2 import Environment, FileSystemLoader
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.middleware.sessions import SessionMiddleware
+
+    from ..errors import UserError
+    from .export import export_rows
+    from .stats import admin_summary
+    from .store import get_setting, set_setting
+    from .tasks import next_task, record_judgment, undo_last
+    from .users import check_login, failed_logins, get_annotator
+
+    app = FastAPI(title="dpokit label", docs_url=None, redoc_url=None, openapi_url=None)
+    templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def page(request: Request, name: str, status: int = 200, **context):
+        session = request.session
+        session.setdefault("csrf", secrets.token_urlsafe(32))
+        context.update(csrf=session["csrf"], flash=session.pop("flash", None),
+                       project_name=get_setting(project, "name", default=None) or project.folder.name)
+        return templates.TemplateResponse(request, name, context, status_code=status)
+
+    def signed_in(request: Request):
+        user = get_annotator(project, request.session.get("user_id"))
+        if user is None:  # the account is gone: the old cookie is worth nothing
+            request.session.clear()
+            raise HTTPException(401, "sign in first")
+        return user
+
+    def admin(user=Depends(signed_in)):
+        if not user.is_admin:
+            raise HTTPException(403, "admins only")
+        return user
+
+    @app.exception_handler(StarletteHTTPException)
+    async def plain_error(request, exc):
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
+
+    @app.get("/login")
+    def login_page(request: Request):
+        return page(request, "login.html")
+
+    @app.post("/login")
+    async def login(request: Request):
+        form = await request.form()
+        name, password = str(form.get("name", "")), str(form.get("password", ""))
+        user = await run_in_threadpool(check_login, project, name, password)
+        if user is None:
+            failed = await run_in_threadpool(failed_logins, project, name)
+            await asyncio.sleep(login_delay(failed))
+            return page(request, "login.html", status=401, error="Wrong name or password.", name=name)
+        request.session.clear()  # a fresh session and token: nothing from before the log-in carries over
+        request.session.update(user_id=user.id, csrf=secrets.token_urlsafe(32))
+        return RedirectResponse("/", status_code=303)
+
+    @app.post("/logout")
+    def logout(request: Request):
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    @app.get("/")
+    def home(user=Depends(signed_in)):
+        return RedirectResponse("/task", status_code=303)
+
+    @app.get("/task")
+    def task_page(request: Request, user=Depends(signed_in)):
+        task = next_task(project, user.id)
+        if task is None:
+            return page(request, "done.html", user=user)
+        view = "compare.html" if task.kind == "pair" and len(task.responses) == 2 else "rank.html"
+        return page(request, view, user=user, task=task, turns=prompt_turns(task))
+
+    @app.post("/judge")
+    async def judge(request: Request, user=Depends(signed_in)):
+        form = await request.form()
+        try:
+            assignment_id = int(form.get("assignment_id", ""))
+            fields = judgment_form(form)
+            await run_in_threadpool(lambda: record_judgment(project, user.id, assignment_id, **fields))
+        except ValueError:
+            raise HTTPException(400, "assignment_id must be a number")
+        except UserError as exc:  # TaskError: not theirs, already judged, bad choice or ranking
+            raise HTTPException(409, f"not recorded: {exc}")
+        return RedirectResponse("/task", status_code=303)
+
+    @app.post("/undo")
+    def undo(request: Request, user=Depends(signed_in)):
+        if undo_last(project, user.id) is None:
+            request.session["flash"] = "Nothing to undo."
+        return RedirectResponse("/task", status_code=303)
+
+    @app.get("/guidelines")
+    def guidelines(request: Request, user=Depends(signed_in)):
+        text = get_setting(project, "guidelines", default="") or ""
+        return page(request, "guidelines.html", user=user, html=markdown_html(text), empty=not text.strip())
+
+    board = APIRouter(prefix="/admin", dependencies=[Depends(admin)])  # every /admin route is for admins only
+
+    @board.get("")
+    def admin_page(request: Request, user=Depends(signed_in)):
+        return page(request, "admin.html", user=user, summary=admin_summary(project),
+                    guidelines=get_setting(project, "guidelines", default="") or "")
+
+    @board.post("/guidelines")
+    async def save_guidelines(request: Request):
+        form = await request.form()
+        text = str(form.get("guidelines", "")).replace("\r\n", "\n")
+        await run_in_threadpool(set_setting, project, "guidelines", text)
+        request.session["flash"] = "Guidelines saved."
+        return RedirectResponse("/admin", status_code=303)
+
+    @board.get("/export.jsonl")
+    def export(policy: str = "majority", min_annotators: int = 1):
+        if policy not in ("majority", "unanimous", "all") or min_annotators < 1:
+            raise HTTPException(400, "policy is majority, unanimous or all; min_annotators at least 1")
+        rows, _counts = export_rows(project, policy=policy, min_annotators=min_annotators)
+        name = safe_filename(get_setting(project, "name", default=None) or project.folder.name)
+        body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        return Response(body, media_type="application/jsonl",
+                        headers={"content-disposition": f'attachment; filename="{name}-pairs.jsonl"'})
+
+    app.include_router(board)
+    app.add_middleware(Guard)  # innermost: sees the session the next layer decoded
+    app.add_middleware(SessionMiddleware, secret_key=project.secret_key, session_cookie="dpokit_label",
+                       max_age=12 * 3600, same_site="lax")  # the cookie is HttpOnly always
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers, refusals included
+    return app
+
+
+def serve(config) -> int:
+    """`dpokit label serve PROJECT`: open the project and serve it until Ctrl+C."""
+    import uvicorn
+
+    from .store import open_project
+
+    project = open_project(config.project, db=config.db)
+    try:
+        app = create_app(project)
+        print(f"dpokit label: serving {project.folder} at http://{config.host}:{config.port}/ (Ctrl+C stops)",
+              flush=True)
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    finally:
+        project.close()
+    return 0
