@@ -16,6 +16,15 @@ import secrets
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
 HERE = Path(__file__).resolve().parent
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -61,8 +70,6 @@ class Guard:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        from starlette.responses import PlainTextResponse, RedirectResponse
-
         if scope["type"] != "http" or scope["path"].startswith("/static/"):
             return await self.app(scope, receive, send)
         session, method = scope.get("session", {}), scope["method"]
@@ -187,15 +194,6 @@ def safe_filename(name: str) -> str:
 
 def create_app(project):
     """The FastAPI app over an open labeling project (`store.open_project`)."""
-    from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import PlainTextResponse, RedirectResponse, Response
-    from fastapi.staticfiles import StaticFiles
-    from fastapi.templating import Jinja2Templates
-    from jinja2 import Environment, FileSystemLoader
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.middleware.sessions import SessionMiddleware
-
     from ..errors import UserError
     from .export import export_rows
     from .stats import admin_summary

@@ -31,6 +31,7 @@
 
   function submit() {
     if (!form || submitting) return;
+    if (!choice()) { hint("Pick an answer first (1, 2, T, B or S)."); return; }
     form.requestSubmit();
   }
 
@@ -105,7 +106,7 @@
   }
 
   function syncRank() {
-    const skipping = choice() === "skip";
+    const skipping = choice() !== "rank";
     for (const input of rankInputs()) input.disabled = skipping;
   }
 
@@ -150,7 +151,11 @@
       else if (key === "e") { event.preventDefault(); openEdit(); }
       else if (key === "m") { event.preventDefault(); cycleStrength(); }
     } else {
-      if (key === "s") { event.preventDefault(); pick(choice() === "skip" ? "rank" : "skip"); }
+      if (key === "s" || key === "b") {  // pressed again: back to ranking
+        const value = key === "s" ? "skip" : "both_bad";
+        event.preventDefault();
+        pick(choice() === value ? "rank" : value);
+      }
       else if (/^[1-9]$/.test(key)) { event.preventDefault(); pick("rank"); rankNext(Number(key)); }
       else if (key === "Backspace") { event.preventDefault(); rankBack(); }
     }
