@@ -154,9 +154,8 @@ class Project:
 
         `lock=True` is for check-then-write transactions (assignment, judging): on SQLite it begins with
         BEGIN IMMEDIATE, so two of them never interleave; on PostgreSQL callers take row locks (FOR UPDATE)."""
-        with Session(self._locking if lock else self.engine, expire_on_commit=False) as session:
-            with session.begin():
-                yield session
+        with Session(self._locking if lock else self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     def close(self) -> None:
         self.engine.dispose()
@@ -168,6 +167,8 @@ def open_project(folder, db: str | None = None, create: bool = False) -> Project
     `db` overrides the database the project names (PROJECT/project.yaml, else PROJECT/label.db)."""
     folder = Path(folder)
     if create:
+        if db is not None:  # a bad URL fails before anything is written
+            make_engine(db, source="--db").dispose()
         _create_folder(folder, db)
     elif not (folder / SECRET_FILE).is_file():
         raise UserError(f"{folder}: no labeling project there (no {SECRET_FILE} file); create one with "
