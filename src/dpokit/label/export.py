@@ -33,6 +33,8 @@ MARGINS = {"slight": 0.5, "much": 1.0}  # odpo reads `margin`: its offset is Î±Â
 POLICIES = ("majority", "unanimous", "all")
 RANKINGS = ("best-vs-worst", "all-pairs")
 NO_PREFERENCE = ("tie", "both_bad")
+DROPS = ("unjudged", "too_few_annotators", "no_majority", "not_unanimous", "tie", "both_bad", "skip", "empty",
+         "identical", "duplicate")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def export_rows(project, policy: str = "majority", min_annotators: int = 1,
     if policy not in POLICIES or ranking not in RANKINGS:
         raise UserError(f"policy must be one of {', '.join(POLICIES)} and ranking one of {', '.join(RANKINGS)}")
     name = project.name
-    counts = Counter()
+    counts = Counter(dict.fromkeys(("comparisons", "judgments", "rows", "edited", "with_margin", *DROPS), 0))
     made: list[tuple[object, str, str, float | None, str]] = []  # prompt, chosen, rejected, margin, origin
     with project.session() as session:
         comparisons = session.execute(select(store.Comparison.id, store.Comparison.kind, store.Prompt)
@@ -86,6 +88,7 @@ def export_rows(project, policy: str = "majority", min_annotators: int = 1,
             counts["edited"] += edit is not None
     rows = _rows(made, counts)
     counts["rows"] = len(rows)
+    counts["with_margin"] = sum("margin" in row for row in rows)
     return rows, dict(counts)
 
 
@@ -187,10 +190,6 @@ def export_pairs(project, output, policy: str = "majority", min_annotators: int 
     return counts
 
 
-DROPS = ("unjudged", "too_few_annotators", "no_majority", "not_unanimous", "tie", "both_bad", "skip", "empty",
-         "identical", "duplicate")
-
-
 def _dropped(counts: dict) -> str:
     return ", ".join(f"{key.replace('_', ' ')} {counts[key]}" for key in DROPS if counts.get(key))
 
@@ -198,7 +197,11 @@ def _dropped(counts: dict) -> str:
 def describe(counts: dict, output) -> str:
     """The summary `dpokit label export` prints."""
     lines = [f"dpokit: wrote {counts['rows']} pairs to {output} from {counts['comparisons']} comparisons and "
-             f"{counts['judgments']} judgments ({counts.get('edited', 0)} with an edited answer)"]
+             f"{counts['judgments']} judgments ({counts['edited']} with an edited answer, {counts['with_margin']} "
+             "with a margin from the strength)"]
     if _dropped(counts):
         lines.append(f"dropped: {_dropped(counts)}")
+    if 0 < counts["with_margin"] < counts["rows"]:
+        lines.append("note: --loss odpo needs a margin on every pair; train with another loss, or export pairs whose "
+                     "judgments all gave a strength")
     return "\n".join(lines)

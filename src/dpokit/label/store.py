@@ -231,7 +231,7 @@ def make_engine(url: str, source: str | None = None) -> Engine:
         raise UserError(f"{where}{_shown(url)}: unknown database scheme {parsed.drivername!r}; give {URL_HELP}")
     try:
         if backend == "sqlite":
-            engine = _sqlite_engine(parsed)
+            engine = _sqlite_engine(parsed, where)
         else:
             engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": BUSY_TIMEOUT_S})
         with engine.connect() as connection:
@@ -244,11 +244,11 @@ def make_engine(url: str, source: str | None = None) -> Engine:
     return engine
 
 
-def _sqlite_engine(url) -> Engine:
+def _sqlite_engine(url, where: str = "") -> Engine:
     if url.database in (None, "", ":memory:"):
-        raise UserError(f"{url}: an in-memory database keeps nothing; give sqlite:///PATH.db")
+        raise UserError(f"{where}{url}: an in-memory database keeps nothing; give sqlite:///PATH.db")
     if not Path(url.database).parent.is_dir():
-        raise UserError(f"{url}: folder {Path(url.database).parent} does not exist")
+        raise UserError(f"{where}{url}: folder {Path(url.database).parent} does not exist")
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
