@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 
+from .data.templates import as_transcript
 from .generate import load_for_generation, render_prompt, stream_reply
+from .models import trained_verbatim
 
 PROMPT = "you> "
 HELP = "dpokit chat: type a message; /reset clears the conversation, /exit (or Ctrl-D) quits"
@@ -40,6 +42,10 @@ def chat_loop(model_spec: str, *, system: str | None = None, temperature: float 
 
     stdout = stdout or sys.stdout
     model, tokenizer = load_for_generation(model_spec)
+    verbatim = trained_verbatim(model_spec)
+    if verbatim:
+        print("(this run trained text prompts without the chat template, so the conversation is sent as an "
+              "hh-rlhf transcript: \\n\\nHuman: … \\n\\nAssistant:)", file=stdout, flush=True)
     torch.manual_seed(seed)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
@@ -63,8 +69,10 @@ def chat_loop(model_spec: str, *, system: str | None = None, temperature: float 
         messages = fit_history(tokenizer, messages + [{"role": "user", "content": text}], budget)
         stdout.write("assistant> ")
         stdout.flush()
-        reply = stream_reply(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature,
-                             top_p=top_p, out=stdout)
+        prompt = as_transcript(messages) if verbatim else messages
+        reply = stream_reply(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, out=stdout, template=not verbatim)
+        reply = reply.split("\n\nHuman:")[0] if verbatim else reply  # the transcript's next turn is not the reply
         stdout.write("\n")
         stdout.flush()
         messages.append({"role": "assistant", "content": reply})

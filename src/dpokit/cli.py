@@ -104,11 +104,12 @@ def cmd_report(config) -> int:
 
 def cmd_generate(config) -> int:
     from .generate import generate_file
+    from .models import trained_verbatim
 
     if config.best_of > 1 or config.judge_ref or config.reward:
         return cmd_best_of(config)
     n = generate_file(config.model, config.prompts, config.output, overwrite=config.overwrite, coh=config.coh,
-                      template=not config.no_chat_template,
+                      template=not (config.no_chat_template or trained_verbatim(config.model)),
                       max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                       seed=config.seed, batch_size=config.batch_size)
     print(f"dpokit: wrote {n} completions to {config.output}")
@@ -119,12 +120,14 @@ def cmd_best_of(config) -> int:
     """`dpokit generate --best-of N`: N samples per prompt, the highest-reward one kept."""
     from .errors import UserError
     from .eval.generation import best_of_file
+    from .models import trained_verbatim
 
     if config.coh:
         raise UserError("--best-of and --coh do not combine; drop one")
     n = best_of_file(config.model, config.prompts, config.output, n=config.best_of, judge_ref=config.judge_ref,
                      reward=config.reward or "implicit", beta=config.beta, overwrite=config.overwrite,
-                     template=not config.no_chat_template, max_new_tokens=config.max_new_tokens,
+                     template=not (config.no_chat_template or trained_verbatim(config.model)),
+                     max_new_tokens=config.max_new_tokens,
                      temperature=config.temperature, top_p=config.top_p, seed=config.seed,
                      batch_size=config.batch_size)
     print(f"dpokit: wrote {n} best-of-{config.best_of} completions to {config.output}")

@@ -46,6 +46,8 @@ class ValidateConfig:
     max_length: int = opt(MAX_LENGTH, "as in dpo: the truncation counts shown are for this max_length")
     max_prompt_length: int = opt(MAX_PROMPT_LENGTH, "as in dpo")
     no_tokens: bool = opt(False, "skip token statistics (no tokenizer needed)")
+    no_chat_template: bool = opt(False, "count tokens of text prompts as training with --no-chat-template does "
+                                        "(verbatim)")
     columns: Optional[str] = opt(None, TRAIN["columns"].metadata["help"] + "; the first mapped row and the first "
                                        "pair are printed, to check a mapping", mapping=True)
     pairs: str = opt("best-vs-worst", TRAIN["pairs"].metadata["help"], choices=PAIRING)
@@ -68,8 +70,8 @@ class GenerateConfig:
     batch_size: int = opt(8, "prompts per batch")
     coh: bool = opt(False, "Chain of Hindsight model: ask for the helpful answer (phrases from the model's "
                            "dpokit_coh.json) and cut where the unhelpful one begins")
-    no_chat_template: bool = opt(False, "text prompts as plain text, as training treats plain-text pairs "
-                                        "(chat-message prompts still use the template)")
+    no_chat_template: bool = opt(False, "text prompts as plain text (default: as the run trained, which its "
+                                        "config.yaml records; other models: templated). Chat messages always are")
     overwrite: bool = opt(False, "replace an existing --output")
     best_of: int = opt(1, "sample N per prompt and keep the one with the highest reward (rows record all N scores)")
     judge_ref: Optional[str] = opt(None, "with --best-of: the reference of the implicit reward β·(log π − log π_ref) "
@@ -111,15 +113,15 @@ class EvalConfig:
     top_p: float = opt(1.0, "--generate: nucleus sampling threshold")
     seed: int = opt(0, "--generate: both models sample with this seed")
     max_new_tokens: int = opt(64, "--generate: tokens to sample at most per response")
-    no_chat_template: bool = opt(False, "--prompts: text prompts as plain text (prompts from --data are always plain "
-                                        "text, as training saw them)")
+    no_chat_template: bool = opt(False, "text prompts as plain text, without the chat template (default: as the run "
+                                        "trained, which its config.yaml records; other models: templated)")
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     model: Optional[str] = required("model folder, LoRA adapter folder or run folder")
     ref: Optional[str] = opt(None, "reference model (default for a run folder: its reference)")
-    prompt: Optional[str] = opt(None, "the prompt (plain text, as training treats text prompts)")
+    prompt: Optional[str] = opt(None, "the prompt, as text (a user turn when the chat template is used)")
     candidates: Optional[str] = opt(None, ".txt (one per line) or JSONL of candidate responses")
     candidates_jsonl: Optional[str] = opt(None, "rows {prompt, candidates: [...]} (prompt may be chat messages)")
     beta: Optional[float] = opt(None, f"β (default: the run's, else {BETA})")
@@ -131,6 +133,8 @@ class ScoreConfig:
     dtype: Optional[str] = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPUs that "
                                      "support it)", choices=tuple(DTYPES))
     allow_pickle: bool = opt(False, "allow pickle (.bin) model weights")
+    no_chat_template: bool = opt(False, "text prompts as plain text, without the chat template (default: as the run "
+                                        "trained; other models: templated)")
 
 
 @dataclass(frozen=True)

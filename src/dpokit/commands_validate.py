@@ -10,13 +10,14 @@ from .data.tokenize import tokenize_pairs
 from .data.validate import FeedbackRows, format_report, load_pairs
 
 
-def token_lengths(tokenizer, pairs, max_length: int, max_prompt_length: int | None) -> tuple[dict, Counter]:
+def token_lengths(tokenizer, pairs, max_length: int, max_prompt_length: int | None,
+                  chat: bool) -> tuple[dict, Counter]:
     """Untruncated token lengths, and what the given truncation settings would do to these pairs."""
-    raw = tokenize_pairs(tokenizer, pairs, max_length=10**9, max_prompt_length=None, skip_invalid=True)
+    raw = tokenize_pairs(tokenizer, pairs, max_length=10**9, max_prompt_length=None, skip_invalid=True, chat=chat)
     stats = {"prompt": [len(p.prompt_ids) for p in raw.pairs], "chosen": [len(p.chosen_ids) for p in raw.pairs],
              "rejected": [len(p.rejected_ids) for p in raw.pairs]}
     cut = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length,
-                         skip_invalid=True)
+                         skip_invalid=True, chat=chat)
     return stats, cut.counts
 
 
@@ -68,7 +69,8 @@ def validate_command(args) -> int:
         from .models import EMBEDDED_MODEL, load_tokenizer, resolve_model_path
 
         tokenizer = load_tokenizer(resolve_model_path(args.model or EMBEDDED_MODEL))
-        stats, counts = token_lengths(tokenizer, report.pairs, args.max_length, args.max_prompt_length)
+        stats, counts = token_lengths(tokenizer, report.pairs, args.max_length, args.max_prompt_length,
+                                      chat=not args.no_chat_template)
     print(format_report(report, stats))
     if counts:
         print("tokenization (max_length={}, max_prompt_length={}): {}".format(

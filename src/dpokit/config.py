@@ -78,6 +78,10 @@ class TrainConfig:
     lora_targets: str = opt("all-linear", "modules that get adapters: all-linear (every linear layer but the LM head) or "
                                           "a comma-separated list of module names, e.g. q_proj,v_proj")
     load_in_4bit: bool = opt(False, "QLoRA: load the frozen base in 4-bit NF4 (needs --lora-r, a CUDA GPU and bitsandbytes)")
+    no_chat_template: bool = opt(False, "train text prompts verbatim (prompt + answer + EOS, no chat template; for a "
+                                        "base model or document continuation). Off, with a tokenizer that has a chat "
+                                        "template: a text prompt is one user turn and an hh-rlhf transcript the "
+                                        "conversation it encodes, as generate and chat use the model")
     skip_invalid: bool = opt(False, "drop invalid rows (counted in the summary) instead of stopping")
     skip_nonfinite: bool = opt(False, "skip (and count) a step whose loss or gradient is NaN/inf instead of stopping")
     keep_checkpoints: int = opt(2, "keep the newest K checkpoints (older ones are deleted after a new one is written)")
@@ -217,8 +221,6 @@ class IterateConfig(DPOConfig):
     top_p: float = opt(1.0, "nucleus sampling threshold")
     max_new_tokens: int = opt(64, "tokens sampled at most per response")
     sample_batch_size: int = opt(16, "prompts per generate call and responses per judge or log-prob batch")
-    no_chat_template: bool = opt(False, "text prompts as plain text, sampled and trained without the chat template "
-                                        "(e.g. continuing a document); off: a text prompt is one user message")
 
     def __post_init__(self):
         super().__post_init__()

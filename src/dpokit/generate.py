@@ -188,7 +188,7 @@ def until_eos(ids: list[int], eos_ids: list[int]) -> tuple[int, ...]:
 
 
 def stream_reply(model, tokenizer, prompt: Prompt, *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 out=None) -> str:
+                 out=None, template: bool = True) -> str:
     """Generate one reply, printing its text to `out` (stdout) as tokens arrive; return the whole reply."""
     from transformers import TextStreamer
 
@@ -197,7 +197,8 @@ def stream_reply(model, tokenizer, prompt: Prompt, *, max_new_tokens: int, tempe
             (out or sys.stdout).write(text)
             (out or sys.stdout).flush()
 
-    batch = encode(tokenizer, [render_prompt(tokenizer, prompt)], special=not templated(tokenizer, prompt))
+    batch = encode(tokenizer, [render_prompt(tokenizer, prompt, template=template)],
+                   special=not templated(tokenizer, prompt, template))
     batch = batch.to(next(model.parameters()).device)
     args = sampling_args(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -137,6 +137,18 @@ def model_folder(spec: str | Path) -> Path:
     return path
 
 
+def trained_verbatim(spec: str | Path) -> bool:
+    """Whether `spec` is a run (or its final/) that trained text prompts without the chat template
+    (--no-chat-template, recorded in the run's config.yaml), so sampling and scoring should do the same."""
+    import yaml
+
+    folder = model_folder(spec)
+    config = folder.parent / "config.yaml" if folder.name == "final" else None
+    if config is None or not config.is_file():
+        return False
+    return bool((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("no_chat_template", False))
+
+
 def load_for_generation(spec: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False,
                         device: str = "auto"):
     """(model, tokenizer) in eval mode from a model folder, a .gguf file, the embedded name, a run folder, or a

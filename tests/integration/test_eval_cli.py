@@ -80,7 +80,7 @@ def test_lora_adapter_eval_equals_the_obvious_computation(tiny_model_dir, adapte
                "--beta", 0.5, "--layout", "padded", *MAXLEN) == 0
     rows = read_jsonl(out / "pairs.jsonl")
     pairs = tokenize_pairs(tiny_tokenizer, load_pairs(pairs_file).pairs, max_length=96, max_prompt_length=48,
-                           skip_invalid=False).pairs
+                           skip_invalid=False, chat=True).pairs  # the template, as eval uses it by default
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(adapter_dir))
     policy = policy.merge_and_unload().eval()
@@ -215,7 +215,7 @@ def test_score_ranks_candidates_by_the_implicit_reward_computed_naively(tiny_mod
     assert len({round(r["reward"], 6) for r in rows}) == len(rows)  # a real ranking, no ties
     tokenized = {p.origin: p for p in tokenize_pairs(
         tiny_tokenizer, [PreferencePair(prompt, r["candidate"], r["candidate"], r["origin"]) for r in rows],
-        max_length=512, max_prompt_length=None, skip_invalid=False).pairs}
+        max_length=512, max_prompt_length=None, skip_invalid=False, chat=True).pairs}
     with torch.no_grad():
         for r in rows:
             pair = tokenized[r["origin"]]

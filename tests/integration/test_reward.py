@@ -123,7 +123,8 @@ def test_training_and_the_hf_judge_give_the_same_reward_for_the_same_pair(model_
     pairs += [PreferencePair(long_prompt, " A kind answer.", " A rude one, and a longer one too.", "long"),
               PreferencePair(chat, "It holds tea.", "No idea.", "chat")]
     tokenizer = judge.tokenizer
-    tokenized = tokenize_pairs(tokenizer, pairs, max_length=96, max_prompt_length=48, skip_invalid=False)
+    tokenized = tokenize_pairs(tokenizer, pairs, max_length=96, max_prompt_length=48, skip_invalid=False,
+                               chat=True)
     assert tokenized.counts["truncated_prompt"] == 1 and len(tokenized.pairs) == len(pairs)
 
     objective = RewardObjective(config)

@@ -51,7 +51,7 @@ def _tiny_pairs(tok, n=4):
                             r["rejected"][r["rejected"].rfind("Assistant:") + 10:], f"p:{i}") for i, r in enumerate(rows)]
     from collections import Counter
 
-    return [tokenize_pair(tok, p, max_length=160, max_prompt_length=80, counts=Counter()) for p in pairs]
+    return [tokenize_pair(tok, p, max_length=160, max_prompt_length=80, counts=Counter(), chat=True) for p in pairs]
 
 
 def test_lora_trains_only_adapters_and_its_reference_is_the_base(tiny_model_dir):

@@ -114,7 +114,7 @@ def test_plain_text_tokenization_matches_trl(models, tmp_path):
     trainer = make_trainer(models, "sigmoid", 0.1, tmp_path)
     for i, ((prompt, chosen, rejected), ex) in enumerate(zip(PAIRS, trl_examples(trainer))):
         ours = tokenize_pair(models.tokenizer, PreferencePair(prompt, chosen, rejected, f"pair{i}"),
-                             max_length=4096, max_prompt_length=None, counts=Counter())
+                             max_length=4096, max_prompt_length=None, counts=Counter(), chat=False)
         assert isinstance(ours, TokenizedPair), ours
         assert list(ours.prompt_ids) == ex["prompt_ids"], i
         assert list(ours.chosen_ids) == ex["chosen_ids"], i

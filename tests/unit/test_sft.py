@@ -16,8 +16,9 @@ from dpokit.types import PreferencePair, SFTExample
 from tiny import SHARED_DATA, make_model
 
 
-def tokenize(tok, example, max_length=512, max_prompt_length=None):
-    return tokenize_example(tok, example, max_length=max_length, max_prompt_length=max_prompt_length, counts=Counter())
+def tokenize(tok, example, max_length=512, max_prompt_length=None, chat=False):
+    return tokenize_example(tok, example, max_length=max_length, max_prompt_length=max_prompt_length, counts=Counter(),
+                            chat=chat)
 
 
 def spans(tok, tokenized):

@@ -1,7 +1,7 @@
 """data/templates.py: the one place prompts meet a chat template, and the rule of when plain text does."""
 import copy
 
-from dpokit.data.templates import render_chat, render_prompt, templated
+from dpokit.data.templates import as_conversation, as_transcript, render_chat, render_prompt, templated, transcript_turns
 from dpokit.judges import Sample
 from dpokit.judges.classifier import ClassifierJudge
 
@@ -41,3 +41,20 @@ def test_a_reward_model_reads_the_conversation_as_training_renders_it(tiny_token
     assert ClassifierJudge(None, tiny_tokenizer, "hf:x").text(sample) == render_chat(tiny_tokenizer, CHAT, "Hello")
     # no template: the reward model's own plain layout ('role: content' lines, then the response)
     assert ClassifierJudge(None, plain(tiny_tokenizer), "hf:x").text(sample) == "system: Be brief.\nuser: HiHello"
+
+
+def test_an_hh_transcript_reads_as_its_turns_and_back():
+    text = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant:"
+    turns = transcript_turns(text)
+    assert turns == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                     {"role": "user", "content": "Bye"}]
+    assert as_transcript(turns) == text
+    assert transcript_turns("\n\nHuman: a\n\nHuman: b\n\nAssistant:") == [{"role": "user", "content": "a\n\nb"}]
+    for other in ("Hi", "\n\nHuman: Hi", "\n\nHuman: Hi\n\nAssistant: done", "x\n\nHuman: Hi\n\nAssistant:"):
+        assert transcript_turns(other) is None
+        assert as_conversation(other) == [{"role": "user", "content": other}]
+
+
+def test_sampling_renders_a_transcript_as_training_does(tiny_tokenizer):
+    text = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant:"
+    assert render_prompt(tiny_tokenizer, text) == render_chat(tiny_tokenizer, transcript_turns(text))

@@ -7,9 +7,9 @@ from dpokit.errors import DataError
 from dpokit.types import PreferencePair, SFTExample
 
 
-def tok_pair(tokenizer, pair, max_length=512, max_prompt_length=256):
+def tok_pair(tokenizer, pair, max_length=512, max_prompt_length=256, chat=False):
     counts = Counter()
-    return tokenize_pair(tokenizer, pair, max_length=max_length, max_prompt_length=max_prompt_length, counts=counts), counts
+    return tokenize_pair(tokenizer, pair, max_length=max_length, max_prompt_length=max_prompt_length, counts=counts, chat=chat), counts
 
 
 def test_plain_text_prompt_is_prefix_and_eos_appended(tiny_tokenizer):
@@ -44,8 +44,9 @@ def test_truncation_cuts_prompt_start_then_completion_end(tiny_tokenizer):
 def test_prompt_alone_too_long_is_reported_or_dropped(tiny_tokenizer):
     pair = PreferencePair("word " * 100, " a", " b", "data.jsonl:7")
     with pytest.raises(DataError, match="data.jsonl:7"):
-        tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=False)
-    report = tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=True)
+        tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=False, chat=False)
+    report = tokenize_pairs(tiny_tokenizer, [pair], max_length=20, max_prompt_length=None, skip_invalid=True,
+                            chat=False)
     assert report.pairs == [] and report.counts["dropped_too_long"] == 1
 
 
@@ -64,6 +65,43 @@ def test_pairs_and_sft_examples_truncate_by_the_same_policy(tiny_tokenizer):
         pair, _ = tok_pair(tiny_tokenizer, PreferencePair(prompt, answer, " short", "x:1"), max_length=40,
                            max_prompt_length=max_prompt_length)
         example = tokenize_example(tiny_tokenizer, SFTExample(prompt, ((answer, True),), "x:1"), max_length=40,
-                                   max_prompt_length=max_prompt_length, counts=Counter())
+                                   max_prompt_length=max_prompt_length, counts=Counter(), chat=False)
         assert pair.prompt_ids + pair.chosen_ids == example.input_ids
         assert example.trained == (False,) * max_prompt_length + (True,) * (40 - max_prompt_length)
+
+
+HH = "\n\nHuman: hi there\n\nAssistant: Hello.\n\nHuman: help me\n\nAssistant:"
+TURNS = ({"role": "user", "content": "hi there"}, {"role": "assistant", "content": "Hello."},
+         {"role": "user", "content": "help me"})
+
+
+def test_by_default_a_text_prompt_is_trained_as_the_conversation_it_stands_for(tiny_tokenizer):
+    """chat=True (every run's default): an hh-rlhf transcript becomes its turns, other text one user turn, answers
+    lose the joining space; exactly the ids of the same pair written as messages."""
+    as_messages, _ = tok_pair(tiny_tokenizer, PreferencePair(TURNS, "Sure.", "No.", "x"), chat=True)
+    from_text, _ = tok_pair(tiny_tokenizer, PreferencePair(HH, " Sure.", " No.", "x"), chat=True)
+    assert from_text == as_messages
+    assert tiny_tokenizer.decode(from_text.prompt_ids).count("<|im_start|>user") == 2
+    one_turn, _ = tok_pair(tiny_tokenizer, PreferencePair("What is tea?", " A drink.", " A car.", "y"), chat=True)
+    assert tiny_tokenizer.decode(one_turn.prompt_ids) == "<|im_start|>user\nWhat is tea?<|im_end|>\n<|im_start|>assistant\n"
+    assert tiny_tokenizer.decode(one_turn.chosen_ids) == "A drink.<|im_end|>\n"
+    verbatim, _ = tok_pair(tiny_tokenizer, PreferencePair("What is tea?", " A drink.", " A car.", "y"), chat=False)
+    assert "<|im_start|>" not in tiny_tokenizer.decode(verbatim.prompt_ids)
+
+
+def test_sft_examples_follow_the_same_rule(tiny_tokenizer):
+    example = SFTExample(HH, ((" Sure.", True),), "x")
+    chat = tokenize_example(tiny_tokenizer, example, max_length=512, max_prompt_length=None, counts=Counter(),
+                            chat=True)
+    pair, _ = tok_pair(tiny_tokenizer, PreferencePair(HH, " Sure.", " No.", "x"), chat=True, max_prompt_length=None)
+    assert chat.input_ids == pair.prompt_ids + pair.chosen_ids
+    assert chat.trained == (False,) * len(pair.prompt_ids) + (True,) * len(pair.chosen_ids)
+
+
+def test_a_tokenizer_without_a_template_trains_text_verbatim_whatever_chat_says(tiny_tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tiny_tokenizer)
+    plain.chat_template = None
+    pair = PreferencePair(HH, " Sure.", " No.", "x")
+    assert tok_pair(plain, pair, chat=True)[0] == tok_pair(plain, pair, chat=False)[0]

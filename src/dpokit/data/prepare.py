@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..types import PreferencePair, TokenizedPair
 from .columns import parse_columns
+from .templates import has_template
 from .tokenize import tokenize_examples, tokenize_pairs
 from .validate import list_summary, load_pairs
 
@@ -83,13 +84,19 @@ def split_pairs(config, train_pairs: list[PreferencePair], eval_pairs: list[Pref
     return train_pairs, eval_pairs
 
 
+def chat_template_used(config, tokenizer) -> bool:
+    """Whether the run's text prompts go through the chat template (recorded in summary.json as `chat_template`)."""
+    return has_template(tokenizer) and not config.no_chat_template
+
+
 def tokenize_splits(config, tokenizer, train_pairs, eval_pairs, summary: dict | None = None) -> PreparedData:
-    summary = dict(summary or {})
+    summary = dict(summary or {}, chat_template=chat_template_used(config, tokenizer))
     counts: Counter = Counter()
     tokenized = {}
     for name, pairs in (("train", train_pairs), ("eval", eval_pairs)):
         report = tokenize_pairs(tokenizer, pairs, max_length=config.max_length,
-                                max_prompt_length=config.max_prompt_length, skip_invalid=config.skip_invalid)
+                                max_prompt_length=config.max_prompt_length, skip_invalid=config.skip_invalid,
+                                chat=not config.no_chat_template)
         tokenized[name] = report.pairs
         counts.update({f"{name}/{k}": v for k, v in report.counts.items()})
     if not tokenized["train"]:
@@ -158,14 +165,14 @@ def load_sft_file(config, path: str, coh: bool = False):
 def prepare_sft_data(config, tokenizer, coh: bool = False):
     """Examples → held-out split by prompt → token ids with a loss mask; every data problem surfaces here."""
     report = load_sft_file(config, config.data, coh)
-    summary = {"data": file_summary(config.data, report)}
+    summary = {"data": file_summary(config.data, report), "chat_template": chat_template_used(config, tokenizer)}
     eval_examples = load_sft_file(config, config.eval_data, coh).examples if config.eval_data else None
     train, held_out = split_pairs(config, report.examples, eval_examples)
     counts, tokenized = Counter(), {}
     for name, examples in (("train", train), ("eval", held_out)):
         tokenized[name], c = tokenize_examples(tokenizer, examples, max_length=config.max_length,
                                                max_prompt_length=config.max_prompt_length,
-                                               skip_invalid=config.skip_invalid)
+                                               skip_invalid=config.skip_invalid, chat=not config.no_chat_template)
         counts.update({f"{name}/{k}": v for k, v in c.items()})
     if not tokenized["train"]:
         raise UserError(f"{config.data}: no training examples left after validation and tokenization")

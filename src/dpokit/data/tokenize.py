@@ -1,8 +1,10 @@
 """Pair (or SFT example) → token ids, with one truncation policy.
 
-Plain-text pairs: prompt + completion is tokenized as one string, then EOS is appended. Conversational
-pairs: the chat template renders prompt (with the generation prompt) and prompt + assistant answer; the
-completion is the text the answer adds. Either way the prompt's tokens must be an exact prefix of the
+Conversational pairs, and (``chat=True``, the default of every run) text pairs when the tokenizer has a chat
+template, their text prompt read as the conversation it stands for (data/templates.as_conversation): the chat
+template renders prompt (with the generation prompt) and prompt + assistant answer; the completion is the text the
+answer adds. Plain-text pairs (``chat=False``, or no template): prompt + completion is tokenized as one string,
+then EOS is appended. Either way the prompt's tokens must be an exact prefix of the
 full sequence's tokens; where a tokenizer or template breaks that at the boundary, the pair is tokenized
 as prompt ids + completion ids (tokenized alone) and counted as ``boundary_retokenized``.
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DataError
 from ..types import PreferencePair, SFTExample, TokenizedExample, TokenizedPair
-from .templates import has_template, render_chat
+from .templates import as_conversation, has_template, render_chat
 
 
 @dataclass
@@ -62,10 +64,21 @@ def _completion_ids(tokenizer, prompt_text: str, prompt_ids: list[int], completi
     return completion_ids
 
 
-def _texts(tokenizer, pair: PreferencePair):
+def as_chat(tokenizer, prompt, chat: bool):
+    """The messages a prompt is trained as, or None when it stays plain text (no template, or chat=False)."""
+    if not isinstance(prompt, str):
+        return prompt
+    return as_conversation(prompt) if chat and has_template(tokenizer) else None
+
+
+def _texts(tokenizer, pair: PreferencePair, chat: bool):
     """(prompt_text, chosen_text, rejected_text, is_chat)."""
-    if not pair.is_conversational:
+    messages = as_chat(tokenizer, pair.prompt, chat)
+    if messages is None:
         return pair.prompt, pair.chosen, pair.rejected, False
+    if isinstance(pair.prompt, str):  # as a chat turn, the space that joined a text answer to its prompt goes
+        pair = PreferencePair(tuple(messages), pair.chosen.lstrip(), pair.rejected.lstrip(), pair.origin, pair.strength,
+                              pair.label)
     if not has_template(tokenizer):
         raise DataError(f"{pair.origin}: conversational pair, but the tokenizer has no chat template; "
                         "use plain-text prompts or a model whose tokenizer_config.json has a chat_template")
@@ -81,9 +94,9 @@ def _texts(tokenizer, pair: PreferencePair):
 
 
 def tokenize_pair(tokenizer, pair: PreferencePair, *, max_length: int, max_prompt_length: int | None,
-                  counts: Counter) -> TokenizedPair | str:
+                  counts: Counter, chat: bool) -> TokenizedPair | str:
     """Token ids of one pair, truncated by the policy above; a string explains why the pair cannot fit."""
-    prompt_text, chosen_text, rejected_text, is_chat = _texts(tokenizer, pair)
+    prompt_text, chosen_text, rejected_text, is_chat = _texts(tokenizer, pair, chat)
     special = not is_chat  # the chat template already wrote any BOS
     prompt_ids = _ids(tokenizer, prompt_text, special=special)
     chosen_ids, rejected_ids = (
@@ -115,11 +128,11 @@ def tokenize_pair(tokenizer, pair: PreferencePair, *, max_length: int, max_promp
 
 
 def tokenize_pairs(tokenizer, pairs: list[PreferencePair], *, max_length: int, max_prompt_length: int | None,
-                   skip_invalid: bool) -> TokenizeReport:
+                   skip_invalid: bool, chat: bool) -> TokenizeReport:
     report = TokenizeReport(pairs=[])
     for pair in pairs:
         result = tokenize_pair(tokenizer, pair, max_length=max_length, max_prompt_length=max_prompt_length,
-                               counts=report.counts)
+                               counts=report.counts, chat=chat)
         if isinstance(result, str):
             if not skip_invalid:
                 raise DataError(result + " (or pass --skip-invalid to drop such rows)")
@@ -130,11 +143,15 @@ def tokenize_pairs(tokenizer, pairs: list[PreferencePair], *, max_length: int, m
     return report
 
 
-def _example_pieces(tokenizer, example: SFTExample) -> tuple[str, list[tuple[str, bool]], bool]:
+def _example_pieces(tokenizer, example: SFTExample, chat: bool) -> tuple[str, list[tuple[str, bool]], bool]:
     """(prompt_text, answer pieces with their trained flags, is_chat). With a chat template, what the template
     writes after the answer (end-of-turn tokens) is trained, so the model learns to stop."""
-    if not example.is_conversational:
+    messages = as_chat(tokenizer, example.prompt, chat)
+    if messages is None:
         return example.prompt, list(example.segments), False
+    if isinstance(example.prompt, str):  # as for pairs: the joining space goes
+        (first, trained), *rest = example.segments
+        example = SFTExample(tuple(messages), ((first.lstrip(), trained), *rest), example.origin)
     if not has_template(tokenizer):
         raise DataError(f"{example.origin}: conversational example, but the tokenizer has no chat template; "
                         "use plain-text prompts or a model whose tokenizer_config.json has a chat_template")
@@ -150,7 +167,7 @@ def _example_pieces(tokenizer, example: SFTExample) -> tuple[str, list[tuple[str
 
 
 def tokenize_example(tokenizer, example: SFTExample, *, max_length: int, max_prompt_length: int | None,
-                     counts: Counter) -> TokenizedExample | str:
+                     counts: Counter, chat: bool) -> TokenizedExample | str:
     """Token ids of prompt + answer pieces and, per token, whether it carries loss (prompt never does).
 
     Each piece's tokens are what tokenizing the text so far adds (where the tokenizer keeps the earlier tokens
@@ -158,7 +175,7 @@ def tokenize_example(tokenizer, example: SFTExample, *, max_length: int, max_pro
     examples end with a trained EOS. Truncation: the prompt is cut from its start to ``max_prompt_length`` (None:
     half of ``max_length``), then the sequence from its end to ``max_length``.
     """
-    prompt_text, pieces, is_chat = _example_pieces(tokenizer, example)
+    prompt_text, pieces, is_chat = _example_pieces(tokenizer, example, chat)
     special = not is_chat
     ids = _ids(tokenizer, prompt_text, special=special)
     n_prompt = len(ids)
@@ -198,11 +215,11 @@ def tokenize_example(tokenizer, example: SFTExample, *, max_length: int, max_pro
 
 
 def tokenize_examples(tokenizer, examples: list[SFTExample], *, max_length: int, max_prompt_length: int | None,
-                      skip_invalid: bool) -> tuple[list[TokenizedExample], Counter]:
+                      skip_invalid: bool, chat: bool) -> tuple[list[TokenizedExample], Counter]:
     out, counts = [], Counter()
     for example in examples:
         result = tokenize_example(tokenizer, example, max_length=max_length, max_prompt_length=max_prompt_length,
-                                  counts=counts)
+                                  counts=counts, chat=chat)
         if isinstance(result, str):
             if not skip_invalid:
                 raise DataError(result + " (or pass --skip-invalid to drop such rows)")

@@ -85,11 +85,14 @@ def format_summary(s: dict) -> str:
 
 def eval_prompts(args, models) -> tuple[list, str, bool]:
     """(prompts, where from, use the chat template for text prompts). --prompts FILE: as `dpokit generate` reads
-    it (template unless --no-chat-template); --data FILE: the distinct prompts of its pairs (or of the run's
-    --split), text prompts plain as training saw them."""
+    it; --data FILE: the distinct prompts of its pairs (or of the run's --split). Text prompts go through the chat
+    template as the run trained them (unless --no-chat-template)."""
+    from .preference import uses_chat_template
+
+    template = uses_chat_template(args, models)
     if args.prompts:
         prompts = [p for _, p in read_prompts(args.prompts)]
-        where, template = args.prompts, not args.no_chat_template
+        where = args.prompts
     else:
         from .preference import eval_pairs
 
@@ -100,7 +103,6 @@ def eval_prompts(args, models) -> tuple[list, str, bool]:
             if prompt_key(pair) not in seen:
                 seen.add(prompt_key(pair))
                 prompts.append(list(pair.prompt) if pair.is_conversational else pair.prompt)
-        template = False
     if args.max_prompts is not None:
         prompts = prompts[:args.max_prompts]
     return prompts, where, template

@@ -128,6 +128,11 @@ def setting(given, config, name: str, default):
     return getattr(config, name) if config is not None else default
 
 
+def uses_chat_template(args, models: ModelPair) -> bool:
+    """Text prompts through the chat template unless --no-chat-template, or the run trained them verbatim."""
+    return not (args.no_chat_template or setting(None, models.run_config, "no_chat_template", False))
+
+
 def tokenized_eval_pairs(args, models: ModelPair, tokenizer):
     """(tokenized pairs, data description, tokenization counts) for the flags and the run's settings."""
     config = models.run_config
@@ -139,7 +144,7 @@ def tokenized_eval_pairs(args, models: ModelPair, tokenizer):
     skip_invalid = setting(args.skip_invalid or None, config, "skip_invalid", False)
     pairs, data = eval_pairs(models, args.data, args.split, skip_invalid, args.columns, args.pairs)
     report = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length,
-                            skip_invalid=skip_invalid)
+                            skip_invalid=skip_invalid, chat=uses_chat_template(args, models))
     if not report.pairs:
         raise UserError(f"{data}: no pairs left after tokenization")
     return report.pairs, data, dict(report.counts)

@@ -12,6 +12,7 @@ from ..data.collate import collate_shared
 from ..data.tokenize import tokenize_pairs
 from ..errors import DataError, UserError
 from ..generate import check_prompt
+from ..models import trained_verbatim
 from ..types import PreferencePair
 from .files import load_models, resolve_models, write_jsonl
 from .preference import pair_logps, setting
@@ -65,13 +66,13 @@ def read_candidate_rows(path: str) -> list[tuple[str, object, list[str]]]:
 
 
 def rank(policy, reference, tokenizer, prompt, candidates: list[tuple[str, str]], *, beta: float, max_length: int,
-         max_prompt_length: int | None, batch_size: int = 8) -> list[dict]:
+         max_prompt_length: int | None, chat: bool, batch_size: int = 8) -> list[dict]:
     """Rows sorted best first: reward, log π, log π_ref, tokens. Each candidate is scored on its own (a pair whose
     chosen and rejected are both the candidate), so its score never depends on the others."""
     prompt = prompt if isinstance(prompt, str) else tuple(dict(m) for m in prompt)
     pairs = [PreferencePair(prompt, text, text, origin) for origin, text in candidates]
     tokenized = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length,
-                               skip_invalid=False).pairs
+                               skip_invalid=False, chat=chat).pairs
     pad = tokenizer.pad_token_id
     policy_lp = pair_logps(policy, tokenized, collate_shared, pad, batch_size)
     reference_lp = policy_lp if reference is policy else pair_logps(reference, tokenized, collate_shared, pad,
@@ -120,7 +121,8 @@ def score_command(args) -> int:
     rows = []
     for prompt, candidates in groups:
         ranked = rank(policy, reference, tokenizer, prompt, candidates, beta=beta, max_length=args.max_length,
-                      max_prompt_length=args.max_prompt_length, batch_size=args.batch_size)
+                      max_prompt_length=args.max_prompt_length, batch_size=args.batch_size,
+                      chat=not (args.no_chat_template or trained_verbatim(args.model)))
         print(format_ranking(ranked))
         rows += ranked
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ The reward is the model's last logit; with exactly 2 labels it is logit[1] − l
 
 Its input:
 - a model trained by `dpokit reward` (its config.json carries `dpokit_reward_input`): exactly the token ids its
-  training built for a pair with this prompt and answer (data/tokenize.py: plain text is prompt + answer + EOS, not
-  templated; a conversation goes through the chat template; the run's truncation policy and lengths), so the same
-  text gets the same number it got in training;
+  training built for a pair with this prompt and answer (data/tokenize.py, with the run's chat-template setting,
+  truncation policy and lengths; a model from before the setting was recorded trained text prompts verbatim), so the
+  same text gets the same number it got in training;
 - any other classifier: the conversation rendered by its own chat template when the prompt is a conversation (or
   text) and it has one, else prompt text + response text, tokenized as the tokenizer does.
 Rows are right-padded; the model pools each row itself (decoder classifiers: the rightmost non-pad token).
@@ -29,11 +29,12 @@ from .base import Sample, checked, plain_prompt, shown
 REWARD_INPUT = "dpokit_reward_input"  # config.json key of a `dpokit reward` model: how training built its inputs
 
 
-def pair_ids(tokenizer, prompt, response: str, *, max_length: int, max_prompt_length: int | None) -> list[int]:
+def pair_ids(tokenizer, prompt, response: str, *, max_length: int, max_prompt_length: int | None,
+             chat: bool) -> list[int]:
     """The ids a `dpokit reward` run trains on for (prompt, response): its pair tokenization and truncation policy."""
     pair = PreferencePair(prompt if isinstance(prompt, str) else tuple(prompt), response, response, "judge")
     tokenized = tokenize_pair(tokenizer, pair, max_length=max_length, max_prompt_length=max_prompt_length,
-                              counts=Counter())
+                              counts=Counter(), chat=chat)
     if isinstance(tokenized, str):
         raise UserError(f"prompt {shown(prompt)}: {tokenized.removeprefix('judge: ')}")
     return list(tokenized.prompt_ids + tokenized.chosen_ids)
@@ -65,7 +66,8 @@ class ClassifierJudge:
         trained = getattr(self.model.config, REWARD_INPUT, None)
         if trained:  # a dpokit reward model: the ids its training built
             rows = [pair_ids(self.tokenizer, s.prompt, s.response, max_length=trained["max_length"],
-                             max_prompt_length=trained["max_prompt_length"]) for s in samples]
+                             max_prompt_length=trained["max_prompt_length"], chat=trained.get("chat", False))
+                    for s in samples]
             return right_padded(rows, self.tokenizer.pad_token_id)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         return dict(self.tokenizer([self.text(s) for s in samples], padding=True, truncation=True, max_length=limit,

@@ -31,7 +31,7 @@ from ..data.lists import scored_pairs
 from ..errors import UserError
 from ..eval.files import read_jsonl, write_jsonl
 from ..eval.generation import kl_estimate, win_rate
-from ..data.templates import templated
+from ..data.templates import as_conversation, templated
 from ..generate import eos_ids, generate, read_prompts
 from ..judges import Judge, Sample, load_judge
 from ..judges.implicit import add_logps
@@ -65,10 +65,10 @@ def round_prompts(pool: list, config: IterateConfig, round_index: int) -> list:
 
 
 def as_trained(tokenizer, prompt, config: IterateConfig):
-    """A text prompt the chat template renders becomes that one user message, so that training (which renders a
-    conversation with the template and a text prompt verbatim) sees exactly the tokens sampling saw."""
+    """A text prompt the chat template renders becomes the conversation it stands for (data/templates), kept in the
+    pairs as messages, so training sees exactly the tokens sampling saw."""
     if isinstance(prompt, str) and templated(tokenizer, prompt, not config.no_chat_template):
-        return [{"role": "user", "content": prompt}]
+        return as_conversation(prompt)
     return prompt
 
 

@@ -44,7 +44,8 @@ def load_reward_model(path: Path, config: RewardConfig, dtype: str, tokenizer):
     model.config.pad_token_id = tokenizer.pad_token_id  # rows are right-padded; the pooled token is found by it
     # How this model's inputs are built, so the hf: judge builds the same ids (judges/classifier.py).
     setattr(model.config, REWARD_INPUT, {"tokenization": "pair", "max_length": config.max_length,
-                                         "max_prompt_length": config.max_prompt_length})
+                                         "max_prompt_length": config.max_prompt_length,
+                                         "chat": not config.no_chat_template})
     disable_dropout(model)
     model.train()
     if config.lora_r:
