@@ -298,6 +298,46 @@ def test_racing_threads_never_exceed_overlap_nor_repeat_an_annotator(tmp_path, l
     project.close()
 
 
+WORKER = """
+import sys
+from dpokit.label.store import open_project
+from dpokit.label.tasks import TaskError, next_task, record_judgment
+project = open_project(sys.argv[1], db=sys.argv[2] or None)
+annotators = [int(a) for a in sys.argv[3:]]
+while annotators:
+    for a in list(annotators):
+        task = next_task(project, a)
+        if task is None:
+            annotators.remove(a)
+            continue
+        try:
+            record_judgment(project, a, task.assignment_id, choice="right")
+        except TaskError:  # the other process judged this annotator's task first
+            pass
+"""
+
+
+@pytest.mark.slow  # each worker imports dpokit (torch with it): seconds per process on a small machine
+def test_racing_processes_never_exceed_overlap_nor_repeat_an_annotator(tmp_path, label_db):
+    import subprocess
+    import sys
+
+    rows = [{"prompt": f"Q{i}", "responses": ["a", "b", "c"]} for i in range(5)]  # 15 comparisons
+    project = make_project(tmp_path, label_db, rows, overlap=3)
+    annotators = [str(a) for a in users(project, "u0", "u1", "u2", "u3")]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(project.folder), label_db or "", *annotators],
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()[-2000:]
+    per_comparison = count(project, "SELECT comparison_id, COUNT(*), COUNT(DISTINCT annotator_id) FROM assignments "
+                                    "GROUP BY comparison_id")
+    assert len(per_comparison) == 15 and all(n == distinct == 3 for _, n, distinct in per_comparison)
+    live = count(project, "SELECT assignment_id, COUNT(*) FROM judgments WHERE undone_at IS NULL "
+                          "GROUP BY assignment_id")
+    assert len(live) == 45 and all(n == 1 for _, n in live)
+    project.close()
+
+
 # ---- judging and undo ---------------------------------------------------------------------------------------------
 
 def test_record_judgment_refuses_what_it_should_and_commits_before_returning(project):
@@ -580,3 +620,18 @@ def test_commands_on_a_folder_without_a_project(tmp_path, capsys):
     assert main(["label", "export", str(tmp_path), "--output", str(tmp_path / "x.jsonl")]) == 2
     assert capsys.readouterr().err == (f"dpokit: error: {tmp_path}: no labeling project there (no secret file); "
                                        f"create one with `dpokit label init {tmp_path} ...`\n")
+    project = make_project(tmp_path, None)
+    project.close()
+    (project.folder / "label.db").unlink()  # never a silent new, empty database in its place
+    with pytest.raises(UserError, match="database label.db is missing"):
+        store.open_project(project.folder)
+
+
+def test_a_sqlite_url_given_to_init_is_kept_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    project = make_project(tmp_path, "sqlite:///elsewhere.db")
+    project.close()
+    monkeypatch.chdir("/")
+    reopened = store.open_project(tmp_path / "proj")
+    assert reopened.url == f"sqlite:///{tmp_path / 'elsewhere.db'}" and not (tmp_path / "proj" / "label.db").exists()
+    reopened.close()

@@ -173,8 +173,13 @@ def open_project(folder, db: str | None = None, create: bool = False) -> Project
     elif not (folder / SECRET_FILE).is_file():
         raise UserError(f"{folder}: no labeling project there (no {SECRET_FILE} file); create one with "
                         f"`dpokit label init {folder} ...`")
-    url = db or _project_db(folder) or f"sqlite:///{(folder / DB_FILE).resolve()}"
-    engine = make_engine(url, source="--db" if db else str(folder / PROJECT_FILE) if _project_db(folder) else None)
+    recorded = _project_db(folder)
+    url = db or recorded
+    if url is None:
+        if not create and not (folder / DB_FILE).is_file():  # never a silent new, empty database
+            raise UserError(f"{folder}: the project's database {DB_FILE} is missing; restore it, or give --db")
+        url = f"sqlite:///{(folder / DB_FILE).resolve()}"
+    engine = make_engine(url, source="--db" if db else str(folder / PROJECT_FILE) if recorded else None)
     project = Project(folder, url, engine, (folder / SECRET_FILE).read_text(encoding="utf-8").strip())
     try:
         from .migrations import upgrade
@@ -193,7 +198,10 @@ def _create_folder(folder: Path, db: str | None) -> None:
     secret = folder / SECRET_FILE
     if not secret.exists():
         _write_private(secret, secrets.token_hex(32) + "\n")
-    if db is not None and not db.startswith("sqlite"):
+    if db is not None:  # later commands find the database here (0600: the URL may hold a password)
+        url = make_url(db)
+        if url.get_backend_name() == "sqlite":  # a relative path would move with the working directory
+            db = url.set(database=str(Path(url.database).resolve())).render_as_string(hide_password=False)
         _write_private(folder / PROJECT_FILE, yaml.safe_dump({"db": db}))
 
 
