@@ -150,14 +150,13 @@ def test_pairs_are_capped_per_prompt(tmp_path):
     project.close()
 
 
-def test_generate_candidates_from_a_tiny_model(tmp_path, tiny_model_dir):
+def test_generate_candidates_from_a_tiny_model(tmp_path, tiny_model_dir, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Hello there\nWhat is DPO?\n", encoding="utf-8")
-    config = LabelInitConfig(project=str(tmp_path / "proj"), prompts=str(prompts),
-                             model=f"{tiny_model_dir},{tiny_model_dir}", samples_per_model=2, max_new_tokens=4,
-                             seed=7, temperature=1.0)
-    counts = init_project(config)
-    assert counts["prompts"] == 2 and counts["responses"] == 8
+    assert main(["label", "init", str(tmp_path / "proj"), "--prompts", str(prompts), "--model", str(tiny_model_dir),
+                 "--model", str(tiny_model_dir), "--samples-per-model", "2", "--max-new-tokens", "4", "--seed", "7",
+                 "--temperature", "1.0"]) == 0
+    assert "2 prompts, 8 responses" in capsys.readouterr().out
     project = store.open_project(tmp_path / "proj")
     with project.session() as session:
         responses = session.scalars(select(store.Response).order_by(store.Response.id)).all()
@@ -165,7 +164,8 @@ def test_generate_candidates_from_a_tiny_model(tmp_path, tiny_model_dir):
     assert {r.model for r in responses} == {str(tiny_model_dir)}
     settings = json.loads(responses[0].settings_json)
     assert settings["temperature"] == 1.0 and settings["max_new_tokens"] == 4
-    assert all(r.truncated for r in responses if len(r.text) > 0) or any(not r.truncated for r in responses)
+    # a random 512-token model rarely samples EOS within 4 tokens: (nearly) every answer is marked cut off
+    assert sum(r.truncated for r in responses) >= 6
     # the same model, seed and prompts give the same text: seed and settings are enough to reproduce a response
     by_seed = {}
     for r in responses:
