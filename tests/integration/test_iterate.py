@@ -1,6 +1,6 @@
 """`dpokit iterate` on the tiny model with a `py:` judge that rewards one word: the word's share in held-out samples
-rises over two rounds; killed while judging (in two places), a resumed run asks no judgment twice and ends with the
-weights of an uninterrupted run."""
+rises over two rounds; killed while sampling, while judging (in two places) or while training, a resumed run asks no
+judgment twice and ends with the weights of an uninterrupted run."""
 import gzip
 import json
 import os
@@ -88,12 +88,37 @@ def run_cli(argv, env):
     return subprocess.run([sys.executable, "-m", "dpokit", *argv], env=env, capture_output=True, text=True)
 
 
-@pytest.mark.slow
-def test_killed_while_judging_resumes_without_judging_twice_and_ends_equal(tiny_model_dir, inputs, tmp_path):
-    env = {**os.environ, "DPOKIT_CACHE": str(tmp_path / "cache")}
-    whole = tmp_path / "whole"
-    assert run_cli(args(tiny_model_dir, inputs, whole), {**env, "JUDGE_STATE": str(tmp_path / "a.state")}).returncode == 0
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, inputs, tmp_path_factory):
+    """The two-round run the killed ones must equal: its folder and its judge's state (calls; .log: what it judged)."""
+    folder = tmp_path_factory.mktemp("whole")
+    env = {**os.environ, "DPOKIT_CACHE": str(folder / "cache"), "JUDGE_STATE": str(folder / "a.state")}
+    assert run_cli(args(tiny_model_dir, inputs, folder / "run"), env).returncode == 0
+    return folder / "run", folder / "a.state"
 
+
+def judged(state: Path) -> Counter:
+    """Every (prompt, response) the judge was asked about, with how often."""
+    return Counter(map(tuple, (json.loads(x) for x in state.with_suffix(".log").read_text().splitlines())))
+
+
+def assert_equal_runs(killed: Path, killed_state: Path, whole: Path, whole_state: Path) -> None:
+    """Every sample judged once (none lost, none asked twice, in as many calls), the same final weights and the same
+    held-out figures round by round."""
+    assert judged(killed_state) == judged(whole_state)
+    assert killed_state.read_text() == whole_state.read_text()
+    a = load_file(whole / "round-2" / "train" / "final" / "model.safetensors")
+    b = load_file(killed / "round-2" / "train" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
+                      for x in (p / "rounds.jsonl").read_text().splitlines()]
+    assert read(killed) == read(whole)
+
+
+@pytest.mark.slow
+def test_killed_while_judging_resumes_without_judging_twice_and_ends_equal(tiny_model_dir, inputs, uninterrupted,
+                                                                          tmp_path):
+    env = {**os.environ, "DPOKIT_CACHE": str(tmp_path / "cache")}
     killed = tmp_path / "killed"
     state = {**env, "JUDGE_STATE": str(tmp_path / "b.state")}
     # call 8: round 1's held-out evaluation, after its training; call 12: in the middle of round 2's judging
@@ -103,16 +128,72 @@ def test_killed_while_judging_resumes_without_judging_twice_and_ends_equal(tiny_
     assert second.returncode == -9, second.stderr[-2000:]
     third = run_cli(args(tiny_model_dir, inputs, killed, "--resume"), state)
     assert third.returncode == 0, third.stderr[-2000:]
+    assert_equal_runs(killed, tmp_path / "b.state", *uninterrupted)
 
-    judged = lambda name: Counter(map(tuple, (json.loads(x) for x in (tmp_path / name).read_text().splitlines())))  # noqa: E731
-    assert judged("b.log") == judged("a.log")  # every sample judged once: none lost, none asked twice
-    assert (tmp_path / "b.state").read_text() == (tmp_path / "a.state").read_text()  # and in as many calls
-    a = load_file(whole / "round-2" / "train" / "final" / "model.safetensors")
-    b = load_file(killed / "round-2" / "train" / "final" / "model.safetensors")
-    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
-    read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
-                      for x in (p / "rounds.jsonl").read_text().splitlines()]
-    assert read(killed) == read(whole)  # the same held-out figures, round by round
+
+# Runs `python -m dpokit ARGS` with one change: while a round samples its training responses (make_round_pairs),
+# the KILL_AT_SAMPLE_BATCH-th batch handed to the model (counted in this process) SIGKILLs the process from inside
+# `generate`, after writing where it was. Held-out sampling and judging are not counted.
+SAMPLING_KILLER = '''
+import json, os, runpy, signal, sys
+from pathlib import Path
+
+import dpokit.generate
+from dpokit.train import iterate
+
+batches, where = 0, {}
+real_encode, real_make_round_pairs = dpokit.generate.encode, iterate.Iteration.make_round_pairs
+
+def make_round_pairs(self, policy, r):
+    where["round"] = self.run_dir / f"round-{r}"
+    try:
+        return real_make_round_pairs(self, policy, r)
+    finally:
+        where.clear()
+
+def encode(*a, **k):
+    global batches
+    if where:
+        batches += 1
+        if batches == int(os.environ["KILL_AT_SAMPLE_BATCH"]):
+            state = {"round": where["round"].name, "batch": batches,
+                     "samples_written": (where["round"] / "samples.jsonl").exists(),
+                     "judged": (where["round"] / "judgments.jsonl").exists()}
+            Path(os.environ["KILL_LOG"]).write_text(json.dumps(state))
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_encode(*a, **k)
+
+iterate.Iteration.make_round_pairs, dpokit.generate.encode = make_round_pairs, encode
+sys.argv = ["dpokit", *sys.argv[1:]]
+runpy.run_module("dpokit", run_name="__main__")
+'''
+
+
+@pytest.mark.slow
+def test_killed_while_sampling_resumes_with_the_same_samples_and_ends_equal(tiny_model_dir, inputs, uninterrupted,
+                                                                           tmp_path):
+    killer = tmp_path / "killer.py"
+    killer.write_text(SAMPLING_KILLER)
+    env = {**os.environ, "DPOKIT_CACHE": str(tmp_path / "cache"), "JUDGE_STATE": str(tmp_path / "b.state"),
+           "KILL_LOG": str(tmp_path / "kill.json")}
+    killed = tmp_path / "killed"
+
+    def killed_run(batch: int, *extra) -> dict:
+        done = subprocess.run([sys.executable, str(killer), *args(tiny_model_dir, inputs, killed, *extra)],
+                              env={**env, "KILL_AT_SAMPLE_BATCH": str(batch)}, capture_output=True, text=True)
+        assert done.returncode == -9, done.stderr[-2000:]
+        return json.loads((tmp_path / "kill.json").read_text())
+
+    # 40 prompts × 8 samples in batches of 16: 20 batches a round. Batch 7: round 1's sampling; resumed, round 1 is
+    # sampled again (20 batches) and batch 33 is the 13th of round 2's
+    assert killed_run(7) == {"round": "round-1", "batch": 7, "samples_written": False, "judged": False}
+    assert killed_run(33, "--resume") == {"round": "round-2", "batch": 33, "samples_written": False, "judged": False}
+    third = run_cli(args(tiny_model_dir, inputs, killed, "--resume"), env)
+    assert third.returncode == 0, third.stderr[-2000:]
+    whole, whole_state = uninterrupted
+    for r in (1, 2):  # drawn again from the round's seed: the very samples of the uninterrupted run
+        assert (killed / f"round-{r}" / "samples.jsonl").read_text() == (whole / f"round-{r}" / "samples.jsonl").read_text()
+    assert_equal_runs(killed, tmp_path / "b.state", whole, whole_state)
 
 
 def test_implicit_judge_needs_its_reference_and_moves_with_the_policy(tiny_model_dir, inputs, tmp_path, monkeypatch,
