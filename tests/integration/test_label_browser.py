@@ -287,3 +287,49 @@ def test_hostile_text_stays_text_in_the_browser(served, browser):
         labeller.press_and_wait("Enter")
         labeller.assert_nothing_ran()
     assert seen == set(hostile)
+
+
+def test_ranking_view_with_digit_keys(browser, tmp_path):
+    """Three answers ranked with the keyboard: 3, 1, 2 gives ranks in that order; Backspace takes the last back."""
+    import threading
+
+    import uvicorn
+
+    from dpokit.cli import main
+    from dpokit.label.server import create_app
+    from dpokit.label.store import open_project
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "Greet a new colleague.",
+                                "responses": ["Hi.", "Welcome aboard, glad you're here!", "Hello, welcome."]}) + "\n")
+    (tmp_path / "password").write_text(PASSWORD + "\n")
+    folder = tmp_path / "ranks"
+    assert main(["label", "init", str(folder), "--responses", str(rows), "--ranking", "--overlap", "1"]) == 0
+    assert main(["label", "add-user", str(folder), "ana", "--password-file", str(tmp_path / "password")]) == 0
+    project = open_project(folder)
+    server = uvicorn.Server(uvicorn.Config(create_app(project), host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        ana = Watch(browser, f"http://127.0.0.1:{server.config.port}")
+        ana.log_in("ana")
+        shown = [int(n.split("_")[1]) for n in ana.page.eval_on_selector_all(
+            'input[name^="rank_"]', "inputs => inputs.map(i => i.name)")]
+        for key in ("3", "1", "2", "Backspace", "2"):
+            ana.page.keyboard.press(key)
+        ranks = ana.page.eval_on_selector_all('input[name^="rank_"]', "inputs => inputs.map(i => i.value)")
+        assert ranks == ["2", "3", "1"]
+        ana.press_and_wait("Enter")
+        assert "All done" in ana.page.inner_text("main")
+        ana.assert_nothing_ran()
+        with project.session() as session:
+            from sqlalchemy import text
+
+            (ranking,) = session.execute(text("SELECT ranking_json FROM judgments")).scalars().all()
+        assert json.loads(ranking) == [shown[2], shown[0], shown[1]]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        project.close()

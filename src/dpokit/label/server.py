@@ -186,45 +186,71 @@ def safe_filename(name: str) -> str:
 
 # --- the app -------------------------------------------------------------------------------------------------------
 
-def create_app(project):
-    """The FastAPI app over an open labeling project (`store.open_project`)."""
-    from ..errors import UserError
-    from .export import export_rows
-    from .stats import admin_summary
-    from .store import get_setting, set_setting
-    from .tasks import next_task, record_judgment, undo_last
-    from .users import check_login, failed_logins, get_annotator
+class Views:
+    """What every route shares: the project, the templates, who is signed in."""
 
-    app = FastAPI(title="dpokit label", docs_url=None, redoc_url=None, openapi_url=None)
-    templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    def __init__(self, project):
+        from .store import get_setting
+        from .users import get_annotator
 
-    def page(request: Request, template: str, status: int = 200, **context):
+        self.project, self._setting, self._annotator = project, get_setting, get_annotator
+        self.templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
+
+    def setting(self, key: str) -> str:
+        return self._setting(self.project, key, default=None) or ""
+
+    def page(self, request: Request, template: str, status: int = 200, **context):
         session = request.session
         session.setdefault("csrf", secrets.token_urlsafe(32))
         context.update(csrf=session["csrf"], flash=session.pop("flash", None),
-                       project_name=get_setting(project, "name", default=None) or project.folder.name)
-        return templates.TemplateResponse(request, template, context, status_code=status)
+                       project_name=self.setting("name") or self.project.folder.name)
+        return self.templates.TemplateResponse(request, template, context, status_code=status)
 
-    def signed_in(request: Request):
-        user = get_annotator(project, request.session.get("user_id"))
+    def signed_in(self, request: Request):
+        """The annotator of this session (a FastAPI dependency)."""
+        user = self._annotator(self.project, request.session.get("user_id"))
         if user is None:  # the account is gone: the old cookie is worth nothing
             request.session.clear()
             raise HTTPException(401, "sign in first")
         return user
 
-    def admin(user=Depends(signed_in)):
+    def admin(self, request: Request):
+        """The signed-in admin (a dependency on every /admin route); 403 for an annotator."""
+        user = self.signed_in(request)
         if not user.is_admin:
             raise HTTPException(403, "admins only")
         return user
+
+
+def create_app(project) -> FastAPI:
+    """The FastAPI app over an open labeling project (`store.open_project`)."""
+    app = FastAPI(title="dpokit label", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    views = Views(project)
+    add_session_routes(app, views)
+    add_labeling_routes(app, views)
+    add_admin_routes(app, views)
 
     @app.exception_handler(StarletteHTTPException)
     async def plain_error(request, exc):
         return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
 
+    app.add_middleware(Guard)  # innermost: sees the session the next layer decoded
+    app.add_middleware(SessionMiddleware, secret_key=project.secret_key, session_cookie="dpokit_label",
+                       max_age=12 * 3600, same_site="lax")  # the cookie is HttpOnly always
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers, refusals included
+    return app
+
+
+def add_session_routes(app: FastAPI, views: Views) -> None:
+    """Log-in (slowed after failures, a fresh session on success) and log-out."""
+    from .users import check_login, failed_logins
+
+    project = views.project
+
     @app.get("/login")
     def login_page(request: Request):
-        return page(request, "login.html")
+        return views.page(request, "login.html")
 
     @app.post("/login")
     async def login(request: Request):
@@ -233,8 +259,8 @@ def create_app(project):
         user = await run_in_threadpool(check_login, project, name, password)
         if user is None:
             failed = await run_in_threadpool(failed_logins, project, name)
-            await asyncio.sleep(login_delay(failed))
-            return page(request, "login.html", status=401, error="Wrong name or password.", name=name)
+            await asyncio.sleep(login_delay(failed))  # asleep without holding a worker thread
+            return views.page(request, "login.html", status=401, error="Wrong name or password.", name=name)
         request.session.clear()  # a fresh session and token: nothing from before the log-in carries over
         request.session.update(user_id=user.id, csrf=secrets.token_urlsafe(32))
         return RedirectResponse("/", status_code=303)
@@ -244,72 +270,82 @@ def create_app(project):
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
+
+def add_labeling_routes(app: FastAPI, views: Views) -> None:
+    """The annotator's pages: the next task (compare or rank), judging it, undo, the guidelines."""
+    from ..errors import UserError
+    from .tasks import next_task, record_judgment, undo_last
+
+    project, signed_in = views.project, Depends(views.signed_in)
+
     @app.get("/")
-    def home(user=Depends(signed_in)):
+    def home(user=signed_in):
         return RedirectResponse("/task", status_code=303)
 
     @app.get("/task")
-    def task_page(request: Request, user=Depends(signed_in)):
+    def task_page(request: Request, user=signed_in):
         task = next_task(project, user.id)
         if task is None:
-            return page(request, "done.html", user=user)
+            return views.page(request, "done.html", user=user)
         view = "compare.html" if task.kind == "pair" and len(task.responses) == 2 else "rank.html"
-        return page(request, view, user=user, task=task, turns=prompt_turns(task))
+        return views.page(request, view, user=user, task=task, turns=prompt_turns(task))
 
     @app.post("/judge")
-    async def judge(request: Request, user=Depends(signed_in)):
+    async def judge(request: Request, user=signed_in):
         form = await request.form()
         try:
             assignment_id, fields = int(form.get("assignment_id", "")), judgment_form(form)
         except ValueError as exc:
             raise HTTPException(400, f"malformed judgment: {exc}")
-        try:
+        try:  # committed before the answer goes out: an acknowledged judgment survives kill -9
             await run_in_threadpool(lambda: record_judgment(project, user.id, assignment_id, **fields))
         except UserError as exc:  # TaskError: not theirs, already judged, bad choice or ranking
             raise HTTPException(409, f"not recorded: {exc}")
         return RedirectResponse("/task", status_code=303)
 
     @app.post("/undo")
-    def undo(request: Request, user=Depends(signed_in)):
+    def undo(request: Request, user=signed_in):
         if undo_last(project, user.id) is None:
             request.session["flash"] = "Nothing to undo."
         return RedirectResponse("/task", status_code=303)
 
     @app.get("/guidelines")
-    def guidelines(request: Request, user=Depends(signed_in)):
-        text = get_setting(project, "guidelines", default="") or ""
-        return page(request, "guidelines.html", user=user, html=markdown_html(text), empty=not text.strip())
+    def guidelines(request: Request, user=signed_in):
+        text = views.setting("guidelines")
+        return views.page(request, "guidelines.html", user=user, html=markdown_html(text), empty=not text.strip())
 
-    only_admins = [Depends(admin)]  # on every /admin route; the tests check each one refuses an annotator
 
-    @app.get("/admin", dependencies=only_admins)
-    def admin_page(request: Request, user=Depends(signed_in)):
-        return page(request, "admin.html", user=user, summary=admin_summary(project),
-                    guidelines=get_setting(project, "guidelines", default="") or "")
+def add_admin_routes(app: FastAPI, views: Views) -> None:
+    """Progress and agreement, the guidelines editor, the export download. Each route names the admin dependency
+    itself (the tests enumerate /admin routes and check every one refuses an annotator)."""
+    from .export import export_rows
+    from .stats import admin_summary
+    from .store import set_setting
 
-    @app.post("/admin/guidelines", dependencies=only_admins)
-    async def save_guidelines(request: Request):
+    project, admin = views.project, Depends(views.admin)
+
+    @app.get("/admin")
+    def admin_page(request: Request, user=admin):
+        return views.page(request, "admin.html", user=user, summary=admin_summary(project),
+                          guidelines=views.setting("guidelines"))
+
+    @app.post("/admin/guidelines")
+    async def save_guidelines(request: Request, user=admin):
         form = await request.form()
         text = str(form.get("guidelines", "")).replace("\r\n", "\n")
         await run_in_threadpool(set_setting, project, "guidelines", text)
         request.session["flash"] = "Guidelines saved."
         return RedirectResponse("/admin", status_code=303)
 
-    @app.get("/admin/export.jsonl", dependencies=only_admins)
-    def export(policy: str = "majority", min_annotators: int = 1):
+    @app.get("/admin/export.jsonl")
+    def export(policy: str = "majority", min_annotators: int = 1, user=admin):
         if policy not in ("majority", "unanimous", "all") or min_annotators < 1:
             raise HTTPException(400, "policy is majority, unanimous or all; min_annotators at least 1")
         rows, _counts = export_rows(project, policy=policy, min_annotators=min_annotators)
-        name = safe_filename(get_setting(project, "name", default=None) or project.folder.name)
+        name = safe_filename(views.setting("name") or project.folder.name)
         body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         return Response(body, media_type="application/jsonl",
                         headers={"content-disposition": f'attachment; filename="{name}-pairs.jsonl"'})
-
-    app.add_middleware(Guard)  # innermost: sees the session the next layer decoded
-    app.add_middleware(SessionMiddleware, secret_key=project.secret_key, session_cookie="dpokit_label",
-                       max_age=12 * 3600, same_site="lax")  # the cookie is HttpOnly always
-    app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers, refusals included
-    return app
 
 
 def serve(config) -> int:
