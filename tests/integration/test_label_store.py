@@ -234,7 +234,7 @@ def test_assignment_gives_each_comparison_to_overlap_annotators_never_twice(proj
             seen[annotator].append(task.comparison_id)
     # overlap 2: 4 comparisons × 2 = 8 judgments; the first two annotators fill them, nothing is left for carol
     assert sorted(seen[alice]) == sorted(seen[bob]) == [1, 2, 3, 4] and seen[carol] == []
-    assert next_task(project, alice) is None
+    assert next_task(project, alice) is None and next_task(project, 999) is None  # 999: no such annotator
     with project.session() as session:
         judged = session.scalars(select(store.Judgment).where(store.Judgment.annotator_id == alice)).all()
         assignments = {a.id: a for a in session.scalars(select(store.Assignment))}

@@ -187,7 +187,7 @@ def fill(project, groups: list[PromptCandidates], *, ranking: bool = False, max_
     """Store prompts, responses and their comparisons in one transaction."""
     rng = random.Random(seed)
     counts = {"prompts": 0, "responses": 0, "comparisons": 0, "uncompared_prompts": 0, "truncated": 0}
-    with project.session() as session:
+    with project.session(lock=True) as session:
         for group in groups:
             conversation = not isinstance(group.prompt, str)
             prompt = store.Prompt(text=None if conversation else group.prompt, source=group.source,

@@ -60,7 +60,9 @@ def next_task(project, annotator_id: int) -> Task | None:
     for _ in range(3):  # an IntegrityError means another writer won a race we could not lock against: look again
         try:
             with project.session(lock=True) as session:
-                session.get(store.Annotator, annotator_id, with_for_update=True)  # one next_task per annotator at a time
+                # the row lock makes one next_task per annotator at a time (SQLite's BEGIN IMMEDIATE: one in all)
+                if session.get(store.Annotator, annotator_id, with_for_update=True) is None:
+                    return None
                 assignment = _open_assignment(session, annotator_id) or _new_assignment(session, annotator_id, overlap)
                 if assignment is None:
                     return None
