@@ -100,14 +100,15 @@ def _kind(value) -> str:
 def generate_candidates(config: LabelInitConfig) -> list[PromptCandidates]:
     """K samples per prompt from each --model, one model in memory at a time."""
     from ..generate import eos_ids, generate
-    from ..models import load_for_generation
+    from ..models import load_for_generation, trained_verbatim
 
     rows = read_prompts(config.prompts)  # bad prompts fail before any weights load
     groups = [PromptCandidates(prompt, f"{Path(config.prompts).name}:{i + 1}") for i, (_, prompt) in enumerate(rows)]
     prompts = [prompt for _, prompt in rows]
-    settings = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
-                "batch_size": config.batch_size, "chat_template": True}
     for spec in config.models:
+        template = not trained_verbatim(spec)  # a run that trained text verbatim is sampled so, as generate does
+        settings = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
+                    "batch_size": config.batch_size, "chat_template": template}
         model, tokenizer = load_for_generation(spec)
         stops = eos_ids(model, tokenizer)
         for k in range(config.samples_per_model):
@@ -116,7 +117,7 @@ def generate_candidates(config: LabelInitConfig) -> list[PromptCandidates]:
                   file=sys.stderr, flush=True)
             sampled = generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, top_p=config.top_p, seed=seed,
-                               batch_size=config.batch_size, progress=True, return_ids=True)
+                               batch_size=config.batch_size, template=template, progress=True, return_ids=True)
             for group, s in zip(groups, sampled):
                 ended = bool(s.completion_ids) and s.completion_ids[-1] in stops
                 group.responses.append(Candidate(s.text, spec, settings, seed, truncated=not ended))
