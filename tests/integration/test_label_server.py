@@ -193,7 +193,7 @@ def test_failed_log_ins_are_slowed_and_reset_by_a_good_one(app, project):
 
 # --- the judgment flow ---------------------------------------------------------------------------------------------
 
-def test_compare_view_shows_the_recorded_order_and_no_model_names(app, project):
+def test_compare_view_shows_the_recorded_order(app, project):
     client = log_in(app, "alice")
     html = client.get("/task").text
     assignment = int(re.search(r'name="assignment_id" value="(\d+)"', html).group(1))
@@ -201,9 +201,39 @@ def test_compare_view_shows_the_recorded_order_and_no_model_names(app, project):
     texts = dict(query(project, "SELECT id, text FROM responses"))
     left, right = (html.find(escape(texts[i])) for i in json.loads(order))
     assert 0 < left < right  # A is the first recorded response, B the second
-    for (model,) in query(project, "SELECT model FROM responses WHERE model IS NOT NULL"):
-        assert model not in html
     assert 'progress value="0"' in html and "/static/label.js" in html
+
+
+def test_a_conversation_is_shown_as_turns_and_model_names_never(label_db, tmp_path):  # noqa: F811
+    from dpokit.label.server import create_app
+
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                    {"role": "assistant", "content": "Hello! How can I help?"},
+                    {"role": "user", "content": "Tell me a joke"}]
+    rows = [{"prompt": conversation, "responses": [{"text": "A pun about owls.", "model": "/models/llama-secret-7b"},
+                                                   {"text": "No.", "model": "qwen-hidden-0.5b"}]}]
+    project = make_project(tmp_path / "chat", label_db, rows, overlap=1)
+    try:
+        html = log_in(create_app(project), "alice").get("/task").text
+        turns = re.findall(r'<div class="turn (\w+)"><span class="role">\w+</span><div class="text">([^<]*)</div>', html)
+        assert turns == [(m["role"], m["content"]) for m in conversation]
+        assert "A pun about owls." in html and "No." in html
+        assert "llama-secret" not in html and "qwen-hidden" not in html
+    finally:
+        project.close()
+
+
+def test_an_hh_rlhf_prompt_is_split_into_turns():
+    from types import SimpleNamespace
+
+    from dpokit.label.server import prompt_turns
+
+    task = SimpleNamespace(prompt_messages=None,
+                           prompt_text="\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: A joke?\n\nAssistant:")
+    assert prompt_turns(task) == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                  {"role": "user", "content": "A joke?"}]
+    plain = SimpleNamespace(prompt_messages=None, prompt_text="Just a question")
+    assert prompt_turns(plain) == [{"role": "user", "content": "Just a question"}]
 
 
 def escape(value: str) -> str:
