@@ -51,12 +51,19 @@ def test_config_is_frozen():
         DPOConfig().beta = 0.2
 
 
-def subparsers():
+def subparsers(parser=None, prefix=""):
+    """Every command's parser by its name, nested ones too ("label init")."""
     from dpokit.cli import build_parser
 
-    parser = build_parser()
+    parser = parser or build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices
+    found = {}
+    for name, sub in action.choices.items():
+        if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+            found.update(subparsers(sub, f"{prefix}{name} "))
+        else:
+            found[prefix + name] = sub
+    return found
 
 
 def test_help_says_each_default_once():
@@ -95,6 +102,10 @@ YAML_PER_COMMAND = {
     "plan": {"model": "m", "gpus": 4, "gpu_mem_gb": 24, "lora": True, "zero": "3"},
     "iterate": {"model": "m", "prompts": "p.txt", "judge": "py:j.py:f", "rounds": 2, "pairing": "random-pair"},
     "pipeline": {"model": "m", "output": "runs/p", "sft": {"learning_rate": 1e-5}, "dpo": {"beta": 0.2}},  # a recipe
+    "label init": {"project": "p", "responses": "r.jsonl", "overlap": 3, "ranking": True},
+    "label add-user": {"project": "p", "name": "ana", "admin": True},
+    "label serve": {"project": "p", "port": 9000},
+    "label export": {"project": "p", "output": "o.jsonl", "policy": "unanimous"},
 }
 FLAG_OVER_YAML = {  # command: (flags, key, value the flags give)
     "dpo": (["--beta", "0.5"], "beta", 0.5), "sft": (["--max-length", "256"], "max_length", 256),
@@ -104,7 +115,10 @@ FLAG_OVER_YAML = {  # command: (flags, key, value the flags give)
     "eval": (["--split", "train"], "split", "train"), "score": (["--out", "t.jsonl"], "output", "t.jsonl"),
     "chat": (["--seed", "4"], "seed", 4), "export": (["--output", "elsewhere"], "output", "elsewhere"),
     "plan": (["--gpu-mem", "40"], "gpu_mem_gb", 40.0), "iterate": (["--min-gap", "0.5"], "min_gap", 0.5),
-    "pipeline": (["--output", "runs/q"], "output", "runs/q")}
+    "pipeline": (["--output", "runs/q"], "output", "runs/q"),
+    "label init": (["--overlap", "2"], "overlap", 2), "label add-user": (["--password-file", "f"], "password_file", "f"),
+    "label serve": (["--host", "0.0.0.0"], "host", "0.0.0.0"),
+    "label export": (["--min-annotators", "2"], "min_annotators", 2)}
 
 
 def test_every_command_has_a_yaml_test():
@@ -117,7 +131,7 @@ def test_every_command_reads_yaml_and_flags_win(command, tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(YAML_PER_COMMAND[command], sort_keys=False))
-    args = build_parser().parse_args([command, "--config", str(path)])
+    args = build_parser().parse_args([*command.split(), "--config", str(path)])
     config = config_from_args(args.config_class, args)
     for key, value in YAML_PER_COMMAND[command].items():
         got = getattr(config, key)
@@ -128,7 +142,7 @@ def test_every_command_reads_yaml_and_flags_win(command, tmp_path):
         else:
             assert got == value, key
     flags, key, value = FLAG_OVER_YAML[command]
-    args = build_parser().parse_args([command, "--config", str(path), *flags])
+    args = build_parser().parse_args([*command.split(), "--config", str(path), *flags])
     overridden = config_from_args(args.config_class, args)
     assert getattr(overridden, key) == value != getattr(config, key)
     assert dataclasses.replace(overridden, **{key: getattr(config, key)}) == config  # nothing else changed
@@ -140,7 +154,7 @@ def test_every_command_refuses_an_unknown_key(command, tmp_path, capsys):
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**YAML_PER_COMMAND[command], "nonsense": 1}))
-    assert main([command, "--config", str(path)]) == 2
+    assert main([*command.split(), "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: unknown key 'nonsense'" in err and "Traceback" not in err
 
