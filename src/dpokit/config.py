@@ -202,6 +202,10 @@ class IterateConfig(DPOConfig):
     output: str = opt("runs/iterate", "run folder: rounds.jsonl, round-R/ (samples, judgments, pairs, train/), "
                                       "report.png")
     rounds: int = opt(3, "rounds of sample → judge → pair → train → evaluate")
+    online: bool = opt(False, "online DPO (OAIF): every one of --max-steps optimizer steps trains on a batch just "
+                              "sampled from the current policy and judged (P = --prompts-per-round prompts a draw, "
+                              "drawn again until --batch-size pairs); one optimizer over the run, a live reference, "
+                              "held-out evaluation every --eval-every steps and at the end")
     samples_per_prompt: int = opt(4, "K: responses sampled per prompt each round")
     prompts_per_round: int = opt(64, "P: training prompts sampled each round (the next P of a seeded order, wrapping)")
     pairing: str = opt("best-vs-worst", "how a prompt's K scored samples become pairs: best-vs-worst, random-pair "
@@ -250,6 +254,25 @@ def check_iterate_config(c: IterateConfig) -> None:
         bad("temperature", "greedy sampling gives K identical samples of a prompt, so no pairs; use a temperature > 0")
     if is_feedback_loss(c.loss):
         bad("loss", "kto trains on thumbs-up/down examples; iterate makes pairs: use a pair loss")
+    if c.online:
+        check_online(c, bad)
+
+
+def check_online(c: IterateConfig, bad) -> None:
+    """--online counts optimizer steps, each on its own fresh pairs, against the starting model."""
+    if c.max_steps is None:
+        bad("max_steps", "--online needs --max-steps N: the optimizer steps, each on a freshly sampled and judged "
+                         "batch")
+    if c.rounds != 3:  # the default: --online has no rounds
+        bad("rounds", "--online counts optimizer steps (--max-steps), not rounds; drop --rounds")
+    if c.accumulate:
+        bad("accumulate", "--online trains each step on its own fresh pairs; drop --accumulate")
+    if c.reference == "previous":
+        bad("reference", "--online moves the policy every step; its reference is the starting model: drop "
+                         "--reference previous")
+    if c.early_stop:
+        bad("early_stop", "--online has no held-out pairs to stop on (its held-out figures are the judge's); drop "
+                          "--early-stop")
 
 
 @dataclass(frozen=True)

@@ -157,15 +157,16 @@ def plot_rounds(run_dir: Path, history: list[dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [h["round"] for h in history]
+    axis = "step" if all("step" in h for h in history) else "round"  # iterate --online evaluates every N steps
+    rounds = [h[axis] for h in history]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
     for ax, (key, label) in zip(axes.flat, ROUND_PANELS):
-        points = [(h["round"], h[key]) for h in history if key in h]
+        points = [(h[axis], h[key]) for h in history if key in h]
         if key == "win_rate/start":
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         ax.set_title(label)
-        ax.set_xlabel("round")
+        ax.set_xlabel(axis)
         ax.set_xticks(rounds)
     path = run_dir / "report.png"
     fig.savefig(path, dpi=100)
@@ -183,6 +184,9 @@ def write_rounds_html(run_dir: Path) -> Path:
     config_path = run_dir / "config.yaml"
     config = config_path.read_text(encoding="utf-8") if config_path.is_file() else "(no config.yaml)"
     columns = ("round", "pairs", "dropped", "reward", "win_rate/start", "win_rate/last", "kl", "length", "seconds")
+    if all("step" in h for h in history):  # iterate --online: an evaluation every N steps, with the samples' reward
+        columns = ("step", "pairs", "draws", "sample_reward", "reward", "win_rate/start", "win_rate/last", "kl",
+                   "length", "seconds")
 
     def cell(value) -> str:
         text = f"{value:.4f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value

@@ -72,13 +72,14 @@ def as_trained(tokenizer, prompt, config: IterateConfig):
     return prompt
 
 
-def sample(policy, tokenizer, prompts: list, k: int, config: IterateConfig, seed: int) -> list[dict]:
+def sample(policy, tokenizer, prompts: list, k: int, config: IterateConfig, seed: int,
+           progress: bool = True) -> list[dict]:
     """K samples per prompt, prompt-major, as rows: ids kept, and whether the sample ended (EOS) or was cut off."""
     flat = [as_trained(tokenizer, p, config) for p in prompts for _ in range(k)]
     stops = set(eos_ids(policy, tokenizer))
     drawn = generate(policy, tokenizer, flat, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                      top_p=config.top_p, seed=seed, batch_size=config.sample_batch_size, return_ids=True,
-                     template=not config.no_chat_template, progress=True)
+                     template=not config.no_chat_template, progress=progress)
     return [{"prompt_index": i // k, "sample": i % k, "prompt": prompt, "response": s.text,
              "prompt_ids": list(s.prompt_ids), "response_ids": list(s.completion_ids),
              "ended": bool(s.completion_ids) and s.completion_ids[-1] in stops, "seed": seed}
@@ -105,10 +106,13 @@ def read_appended(path: Path) -> list[dict]:
     return entries
 
 
-def judge_rows(judge: Judge, rows: list[dict], path: Path, k: int) -> list[float]:
+def judge_rows(judge: Judge, rows: list[dict], path: Path, k: int, known: dict | None = None) -> list[float]:
     """A score for every row; what `path` already holds is read back, never asked again. Prompts go to the judge
-    whole (a pairwise judge compares a prompt's samples), JUDGE_CHUNK prompts a call, each call appended at once."""
-    known = {(entry["prompt_index"], entry["sample"]): entry["score"] for entry in read_appended(path)}
+    whole (a pairwise judge compares a prompt's samples), JUDGE_CHUNK prompts a call, each call appended at once.
+    `known`: the file's scores by (prompt index, sample), kept by a caller that appends to one file many times
+    (iterate --online); it is read from `path` when None and updated in place."""
+    if known is None:
+        known = {(entry["prompt_index"], entry["sample"]): entry["score"] for entry in read_appended(path)}
     todo = sorted({r["prompt_index"] for r in rows if (r["prompt_index"], r["sample"]) not in known})
     with open(path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), JUDGE_CHUNK):
@@ -123,8 +127,11 @@ def judge_rows(judge: Judge, rows: list[dict], path: Path, k: int) -> list[float
     return [known[(r["prompt_index"], r["sample"])] for r in rows]
 
 
-def make_pairs(rows: list[dict], scores: list[float], config: IterateConfig, round_index: int) -> tuple[list, dict]:
-    """The round's pairs as dpokit rows, and what was dropped by reason."""
+def make_pairs(rows: list[dict], scores: list[float], config: IterateConfig, round_index: int,
+               name: str | None = None) -> tuple[list, dict]:
+    """The round's pairs as dpokit rows, and what was dropped by reason. `name` starts each pair's origin (default
+    round-R)."""
+    name = name or f"round-{round_index}"
     by_prompt: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
         by_prompt.setdefault(row["prompt_index"], []).append(i)
@@ -137,7 +144,7 @@ def make_pairs(rows: list[dict], scores: list[float], config: IterateConfig, rou
         if len(members) < 2:
             continue
         made = scored_pairs(rows[members[0]]["prompt"], [rows[i]["response"] for i in members],
-                            [scores[i] for i in members], f"round-{round_index}:prompt-{p}", config.pairing,
+                            [scores[i] for i in members], f"{name}:prompt-{p}", config.pairing,
                             min_gap=config.min_gap, seed=config.seed + round_index,
                             can_win=[rows[i]["ended"] or config.allow_truncated_chosen for i in members])
         for pair in made.pairs:
@@ -241,17 +248,18 @@ class Iteration:
         return load_judge("implicit", policy=policy, reference=self.judge_reference, beta=self.config.beta,
                           pad_id=self.tokenizer.pad_token_id, batch_size=self.config.sample_batch_size)
 
-    def eval_rows(self, r: int) -> list[dict] | None:
-        path = self.run_dir / f"round-{r}" / "eval.jsonl"
+    def eval_rows(self, r: int, folder: str = "round") -> list[dict] | None:
+        path = self.run_dir / f"{folder}-{r}" / "eval.jsonl"
         return read_jsonl(path) if path.is_file() else None
 
-    def evaluate(self, policy, r: int) -> dict:
-        """Round r's held-out figures (round 0: the starting model, the baseline of the others)."""
-        round_dir = self.run_dir / f"round-{r}"
+    def evaluate(self, policy, r: int, folder: str = "round") -> dict:
+        """Round r's held-out figures (round 0: the starting model, the baseline of the others), kept in
+        FOLDER-r/ (iterate --online: eval-r/, its r-th evaluation)."""
+        round_dir = self.run_dir / f"{folder}-{r}"
         round_dir.mkdir(exist_ok=True)
         metrics, rows = evaluate_round(policy, self.reference, self.tokenizer, self.judge_for(policy), self.held,
-                                       self.config, round_dir, self.eval_rows(0) if r else None,
-                                       self.eval_rows(r - 1) if r > 1 else None)
+                                       self.config, round_dir, self.eval_rows(0, folder) if r else None,
+                                       self.eval_rows(r - 1, folder) if r > 1 else None)
         write_jsonl(round_dir / "eval.jsonl", rows)
         return metrics
 
@@ -306,7 +314,12 @@ def start_iteration(config: IterateConfig) -> tuple[Iteration, object]:
 
 
 def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
-    """Rounds of sample → judge → pair → train → evaluate; returns the run's summary."""
+    """Rounds of sample → judge → pair → train → evaluate; returns the run's summary. With --online: one step per
+    judged batch (train/online.py)."""
+    if config.online:
+        from .online import run_online
+
+        return run_online(config, quiet=quiet)
     it, policy = start_iteration(config)
     rounds_path = it.run_dir / "rounds.jsonl"
     history = read_jsonl(rounds_path) if rounds_path.is_file() else []

@@ -2,7 +2,9 @@
 
 A source holds a pool of tokenized examples and answers "which of them does step s use?". The answer depends on the
 step alone, so a resumed run sees exactly the data an uninterrupted run would; a command that brings new data each
-round (iterate) hands the loop a new source per round instead of a copy of the loop.
+round (iterate) hands the loop a new source per round instead of a copy of the loop. A source may also make a step's
+examples when asked for it, appending them to its pool in place (iterate --online samples them from the policy being
+trained, whose weights at step s a resumed run restores from its checkpoint).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ GROUP_WINDOW_BATCHES = 16  # length grouping sorts within windows of this many b
 
 
 class DataSource(Protocol):
-    examples: Sequence  # the pool; indices refer to it
+    examples: Sequence  # the pool; indices refer to it (it may grow in place, never rebound)
 
     def indices(self, step: int) -> list[int]:
         """The pool indices used at `step` (0-based); a function of the step alone."""
