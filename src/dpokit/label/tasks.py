@@ -29,7 +29,7 @@ STRENGTHS = ("slight", "much")
 PAIR_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 RANK_CHOICES = ("rank", "both_bad", "skip")
 MAX_TEXT = 100_000  # characters of a reason or an edit
-CANDIDATES = 20  # comparisons tried per next_task call before giving up on a busy moment
+CANDIDATES = 20  # comparisons read (then locked one by one) per batch
 
 
 class TaskError(UserError):
@@ -91,10 +91,26 @@ def _available(annotator_id: int, overlap: int):
 
 
 def _new_assignment(session, annotator_id: int, overlap: int) -> Assignment | None:
-    query = _available(annotator_id, overlap)
-    candidates = session.execute(query.order_by(query.selected_columns.n.desc(), Comparison.id)
-                                 .limit(CANDIDATES)).all()
-    for comparison_id, _ in candidates:
+    """A new assignment on the fullest comparison still open to them; None only when none is open. Candidates are
+    read before their locks, so under many annotators (PostgreSQL) all of a batch may fill meanwhile: then the next
+    batch is read, and "all done" is never said while a comparison is left."""
+    tried: set[int] = set()
+    while True:
+        query = _available(annotator_id, overlap)
+        if tried:
+            query = query.where(Comparison.id.not_in(tried))
+        candidates = session.execute(query.order_by(query.selected_columns.n.desc(), Comparison.id)
+                                     .limit(CANDIDATES)).all()
+        if not candidates:
+            return None
+        tried.update(comparison_id for comparison_id, _ in candidates)
+        assignment = _first_free(session, [comparison_id for comparison_id, _ in candidates], annotator_id, overlap)
+        if assignment is not None:
+            return assignment
+
+
+def _first_free(session, comparison_ids: list[int], annotator_id: int, overlap: int) -> Assignment | None:
+    for comparison_id in comparison_ids:
         session.execute(select(Comparison.id).where(Comparison.id == comparison_id).with_for_update())
         # re-read after the lock: another annotator may have taken the last place meanwhile
         taken = session.scalar(select(func.count(Assignment.id)).where(Assignment.comparison_id == comparison_id))
