@@ -86,6 +86,7 @@ def test_online_steps_spread_the_rewarded_word(tiny_model_dir, inputs, tmp_path,
     (["--max-steps", "5", "--rounds", "2"], "drop --rounds"),
     (["--max-steps", "5", "--accumulate"], "drop --accumulate"),
     (["--max-steps", "5", "--reference", "previous"], "drop --reference previous"),
+    (["--max-steps", "5", "--early-stop", "--eval-every", "2"], "drop --early-stop"),
 ])
 def test_online_refuses_meaningless_settings(tiny_model_dir, inputs, tmp_path, capsys, extra, message):
     prompts, judge = inputs
