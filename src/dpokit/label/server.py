@@ -33,7 +33,6 @@ HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options
 PUBLIC_PATHS = ("/login",)  # and everything under /static/
 MAX_FORM_BYTES = 1 << 20  # a judgment with a long edited answer fits many times over
 MAX_SECONDS = 24 * 3600.0  # a tab left open overnight is not a measurement
-HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
 
 # --- security layers ---------------------------------------------------------------------------------------------
@@ -129,19 +128,13 @@ def login_delay(failed: int) -> float:
 # --- page helpers (pure) -------------------------------------------------------------------------------------------
 
 def prompt_turns(task) -> list[dict]:
-    """The prompt as turns to show: the stored conversation, an hh-rlhf "Human:/Assistant:" text split at its
-    markers, or one user turn."""
+    """The prompt as turns to show: the stored conversation, or text read as training reads it (an hh-rlhf
+    transcript as its turns, other text one user turn: data/templates.as_conversation)."""
+    from ..data.templates import as_conversation
+
     if task.prompt_messages:
         return [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in task.prompt_messages]
-    text = task.prompt_text or ""
-    parts = HH_TURN.split(text)
-    if len(parts) < 3:
-        return [{"role": "user", "content": text}]
-    turns = [{"role": "user" if role == "Human" else "assistant", "content": content.strip("\n")}
-             for role, content in zip(parts[1::2], parts[2::2])]
-    if parts[0].strip():
-        turns.insert(0, {"role": "system", "content": parts[0].strip()})
-    return [t for t in turns if t["content"] or t["role"] == "user"]
+    return as_conversation(task.prompt_text or "")
 
 
 def markdown_html(text: str) -> str:
