@@ -59,8 +59,9 @@ def plot_run(run_dir: Path) -> Path:
             if rows and prefix and all(prefix + key + "_ci" in r for r in rows):
                 # held-out evaluations are separate measurements: points with their 95% intervals, not a line
                 values = [r[prefix + key] for r in rows]
-                spread = [[v - r[prefix + key + "_ci"][0] for v, r in zip(values, rows)],
-                          [r[prefix + key + "_ci"][1] - v for v, r in zip(values, rows)]]
+                # a percentile bootstrap need not contain its own mean: draw no bar below the point then
+                spread = [[max(0.0, v - r[prefix + key + "_ci"][0]) for v, r in zip(values, rows)],
+                          [max(0.0, r[prefix + key + "_ci"][1] - v) for v, r in zip(values, rows)]]
                 ax.errorbar([r["step"] for r in rows], values, yerr=spread, fmt="o", ms=4, capsize=3,
                             label=f"{label} (95% interval)")
             elif rows:

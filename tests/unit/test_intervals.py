@@ -23,6 +23,15 @@ def test_wilson_is_symmetric_and_narrows_with_n():
     assert wilson(0, 0) == (0.0, 1.0)
 
 
+def test_wilson_always_contains_its_estimate():
+    """0/139 once came out as (1.7e-18, 0.027): a lower bound above the estimate, which broke the report's plot."""
+    for n in range(1, 400):
+        for k in (0, 1, n // 2, n - 1, n):
+            low, high = wilson(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n)
+    assert wilson(0, 139)[0] == 0.0 and wilson(139, 139)[1] == 1.0
+
+
 def test_bootstrap_mean():
     assert bootstrap_mean([0.3] * 50) == pytest.approx((0.3, 0.3))
     values = np.random.default_rng(1).normal(1.0, 2.0, size=400)

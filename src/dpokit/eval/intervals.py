@@ -22,7 +22,8 @@ def wilson(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # it contains p exactly (float rounding once put 0/139's lower bound at 1.7e-18, above the estimate)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def bootstrap_mean(values, seed: int = 0, resamples: int = RESAMPLES) -> tuple[float, float]:
