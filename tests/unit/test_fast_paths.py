@@ -103,3 +103,38 @@ def test_packed_layout_equals_padded_and_removes_padding():
         a, b = batch_logps(model, packed), batch_logps(model, padded, lean=False)
     assert torch.allclose(a.chosen, b.chosen, rtol=1e-5, atol=1e-5)
     assert torch.allclose(a.rejected, b.rejected, rtol=1e-5, atol=1e-5)
+
+
+def test_step_zero_evaluation_reads_the_reference_instead_of_running_the_policy():
+    """Before its first step the policy is its own reference (no --ref): the held-out evaluation takes the reference's
+    log-probs as the policy's (an exact tie: margins 0, loss ln 2) and never runs the policy; after a training batch
+    it runs the policy again. The shortcut gives what running the untrained policy gives."""
+    import math
+
+    from dpokit.config import DPOConfig
+    from dpokit.reference import LiveReference
+    from dpokit.train.objectives import DPOObjective
+
+    model = make_model(vocab_size=60).eval()
+    batch = collate_shared(some_pairs(), pad_id=0)
+    objective = DPOObjective(LiveReference(model), DPOConfig())
+    module = objective.wrap(model)
+    ran = []
+    handle = module.register_forward_pre_hook(lambda *_: ran.append(1))
+    objective.policy_is_reference = True
+    with torch.no_grad():
+        loss, metrics = objective(module, batch, "eval", list(range(5)))
+    assert not ran
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7) and torch.equal(metrics["rewards/margins"],
+                                                                               torch.zeros(5))
+    objective.policy_is_reference = False
+    with torch.no_grad():
+        run_loss, run_metrics = objective(module, batch, "eval", list(range(5)))
+    assert ran and run_loss.item() == pytest.approx(loss.item(), abs=1e-5)
+    assert torch.allclose(run_metrics["logps/chosen"], metrics["logps/chosen"], atol=1e-4)
+    objective.policy_is_reference, ran[:] = True, []
+    objective(module, batch, "train", list(range(5)))  # a training batch: the policy moves from here on
+    with torch.no_grad():
+        objective(module, batch, "eval", list(range(5)))
+    assert len(ran) == 2 and not objective.policy_is_reference
+    handle.remove()

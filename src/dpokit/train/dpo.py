@@ -163,6 +163,7 @@ def run_dpo(config: DPOConfig, *, quiet: bool = False, given: Given = Given(), c
         dump_config(config, run_dir / "config.yaml")
 
     objective = DPOObjective(reference, config)
+    objective.policy_is_reference = not config.ref and given.reference is None  # the untrained policy is the reference
     probe = make_probe(config, data, tokenizer, run_dir, accelerator)
     result = train_loop(policy, objective, tokenizer, source, data.eval, config, run_dir, accelerator, callbacks,
                         probe)

@@ -61,13 +61,14 @@ def combined_loss(policy: PairLogps, reference_logps: PairLogps | None, strength
     return LossOutput(total, shown.chosen_rewards, shown.rejected_rewards, extras or None)
 
 
-def objective(policy_model, reference_logps: PairLogps | None, batch: PreferenceBatch, config):
+def objective(policy_model, reference_logps: PairLogps | None, batch: PreferenceBatch, config,
+              policy: PairLogps | None = None):
     """DPO-family loss of one micro-batch (mean over its pairs) and its per-pair metrics.
 
-    `policy_model` is a PairLogpsModule (possibly inside a DDP wrapper): calling it gives the pair log-probs.
-    `reference_logps` is None for reference-free losses.
+    `policy_model` is a PairLogpsModule (possibly inside a DDP wrapper): calling it gives the pair log-probs, unless
+    they are given (`policy`). `reference_logps` is None for reference-free losses.
     """
-    policy = PairLogps(*policy_model(batch))
+    policy = policy if policy is not None else PairLogps(*policy_model(batch))
     out = combined_loss(policy, reference_logps, batch.strengths, config, batch.labels)
     losses = out.losses
     if config.sft_weight:
@@ -87,6 +88,10 @@ class DPOObjective:
         self.metric_keys = METRIC_KEYS + tuple(key for name, _ in loss_terms(config.loss, config.loss_weights)
                                                for key in LOSSES[name].extras)
         self._eval_reference: dict[tuple, PairLogps] = {}  # held-out reference log-probs never change
+        # Set by run_dpo when the reference is the policy before its first step (no --ref): until the first training
+        # batch, the policy's held-out log-probs are the reference's, so the step-0 evaluation reads them instead of
+        # running the policy over the held-out pairs again (and the tie is exact: margins 0, accuracy 0, loss ln 2).
+        self.policy_is_reference = False
 
     def wrap(self, model) -> torch.nn.Module:
         return PairLogpsModule(model, lean=not self.config.full_logits)
@@ -106,7 +111,12 @@ class DPOObjective:
         return self._eval_reference[key]
 
     def __call__(self, module, batch: PreferenceBatch, split: str, indices: list[int]):
-        return objective(module, self.reference_logps(batch, split, indices, module), batch, self.config)
+        reference = self.reference_logps(batch, split, indices, module)
+        if split == "train":
+            self.policy_is_reference = False
+        elif self.policy_is_reference and reference is not None:
+            return objective(module, reference, batch, self.config, policy=reference)
+        return objective(module, reference, batch, self.config)
 
     def begin_step(self, examples: list[TokenizedPair], shares: int) -> None:
         """Nothing to do: every share of a step holds the same number of pairs, so the mean of the shares' mean
