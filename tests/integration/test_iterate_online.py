@@ -1,7 +1,6 @@
 """`dpokit iterate --online` (OAIF: a judged batch per optimizer step) on the tiny model with the `py:` judge that
 rewards one word: the word's share in held-out samples rises; killed while sampling and while judging, a resumed run
 asks no judgment twice and ends with the weights of an uninterrupted run; meaningless settings are refused."""
-import gzip
 import json
 import os
 import subprocess
@@ -14,26 +13,16 @@ from safetensors.torch import load_file
 
 from dpokit.cli import main
 
-from test_iterate import ASSETS, JUDGE, run_cli
+import test_iterate
+from test_iterate import run_cli
+
+inputs = test_iterate.inputs  # the fixture: 60 hh-rlhf prompts (16 held out) and the judge that counts its calls
 
 STEPS = 40
 SETTINGS = ["--online", "--max-steps", str(STEPS), "--prompts-per-round", "8", "--samples-per-prompt", "4",
             "--batch-size", "8", "--eval-every", "20", "--eval-prompts", "16", "--eval-samples", "4",
             "--max-new-tokens", "16", "--learning-rate", "5e-3", "--save-every", "5", "--max-length", "256",
             "--max-prompt-length", "128", "--allow-truncated-chosen"]
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """60 hh-rlhf prompts (16 held out) and the judge of test_iterate.py: one point per "the", its calls counted."""
-    folder = tmp_path_factory.mktemp("online")
-    with gzip.open(ASSETS / "hh_rlhf_harmless_sample.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for _, line in zip(range(60), f)]
-    prompts = folder / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": r["chosen"].split("\n\nAssistant:")[0][-200:]}) + "\n"
-                               for r in rows))
-    (folder / "judge.py").write_text(JUDGE)
-    return prompts, folder / "judge.py"
 
 
 def args(model_dir, inputs, out, *extra):
