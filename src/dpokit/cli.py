@@ -14,7 +14,10 @@ EXIT_CODES = """exit codes, the same for every command:
   1    validate: the file loads, but some rows have problems (listed)
   2    a problem you can fix: a bad flag or config key, bad input (file, line and field named), a folder in use
   3    a NaN/inf loss or gradient stopped training (the last checkpoint is kept)
+  4    iterate --judge human:PROJECT: the round waits for people's judgments in PROJECT (judge them, then --resume)
   130  interrupted (Ctrl-C)"""
+
+EXIT_WAITING = 4  # not an error: the run continues with --resume once the round is judged
 
 
 def launch_processes(nproc: int, argv: list[str]) -> int:
@@ -169,8 +172,8 @@ def cmd_export(config) -> int:
 def cmd_iterate(config) -> int:
     from .train.iterate import run_iterate
 
-    run_iterate(config)
-    return 0
+    summary = run_iterate(config)
+    return EXIT_WAITING if summary.get("waiting") else 0
 
 
 def cmd_plan(config) -> int:

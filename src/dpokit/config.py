@@ -198,7 +198,8 @@ class IterateConfig(DPOConfig):
                                        "or chat messages) or .txt, one per line", required=True)
     judge: Optional[str] = opt(None, "who scores the samples: hf:DIR (a reward model, e.g. from dpokit reward), "
                                      "py:MODULE:FUNCTION, implicit:DIR (the policy's implicit reward against DIR), "
-                                     "llm:DIR (pairwise) or llm-rubric:DIR (5-point rubric)", required=True)
+                                     "llm:DIR (pairwise), llm-rubric:DIR (5-point rubric) or human:PROJECT (people, "
+                                     "in a `dpokit label` project)", required=True)
     output: str = opt("runs/iterate", "run folder: rounds.jsonl, round-R/ (samples, judgments, pairs, train/), "
                                       "report.png")
     rounds: int = opt(3, "rounds of sample → judge → pair → train → evaluate")
@@ -256,6 +257,19 @@ def check_iterate_config(c: IterateConfig) -> None:
         bad("loss", "kto trains on thumbs-up/down examples; iterate makes pairs: use a pair loss")
     if c.online:
         check_online(c, bad)
+    if (c.judge or "").partition(":")[0] == "human":
+        check_human(c, bad)
+
+
+def check_human(c: IterateConfig, bad) -> None:
+    """People judge a round at a time in `dpokit label` and give choices, not scores (judges/human.py)."""
+    if c.online:
+        bad("online", "a human judge (human:PROJECT) judges whole rounds in `dpokit label`, not a batch every step: "
+                      "drop --online")
+    if c.pairing == "random-pair":
+        bad("pairing", "with a human judge a prompt's samples are ranked together: use best-vs-worst or all-pairs")
+    if c.min_gap:
+        bad("min_gap", "a human judge gives choices, not scores, so there is no gap: drop --min-gap")
 
 
 def check_online(c: IterateConfig, bad) -> None:

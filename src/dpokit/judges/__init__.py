@@ -12,7 +12,9 @@
                          (Rafailov et al. 2023, "secretly a reward model").
     llm:DIR              a local instruct model comparing responses two at a time, in both orders (llm.py).
     llm-rubric:DIR       a local instruct model scoring each response on a 5-point additive rubric (llm.py).
-    human:PROJECT        people, through `dpokit label` (not built yet: refused with that reason).
+    human:PROJECT        people, in a `dpokit label` project: `dpokit iterate` pushes a round's samples there and
+                         trains on the choices once they are judged (human.py; iterate builds it, not load_judge, since
+                         it gives pairs, not a score per sample).
 """
 from __future__ import annotations
 
@@ -49,6 +51,6 @@ def load_judge(spec: str, *, policy=None, reference=None, beta: float = 0.1, pad
         judge = LocalJudgeModel(*load_judge_model(rest), batch_size=batch_size)
         return PairwiseJudge(judge, spec) if kind == "llm" else RubricJudge(judge, spec)
     if kind == "human":
-        raise UserError(f"judge {spec!r}: human judging goes through the labeling app (`dpokit label`), which this "
-                        "version does not have yet; use hf:, py:, implicit, llm: or llm-rubric:")
+        raise UserError(f"judge {spec!r}: people judge whole rounds in `dpokit label`, so only `dpokit iterate` "
+                        "(without --online) takes a human judge; here use hf:, py:, implicit, llm: or llm-rubric:")
     raise UserError(f"judge {spec!r}: expected one of {SPECS}")

@@ -186,30 +186,35 @@ def _read_guidelines(path: str | None) -> str:
 
 def fill(project, groups: list[PromptCandidates], *, ranking: bool = False, max_pairs: int = 6, seed: int = 0) -> dict:
     """Store prompts, responses and their comparisons in one transaction."""
-    rng = random.Random(seed)
-    counts = {"prompts": 0, "responses": 0, "comparisons": 0, "uncompared_prompts": 0, "truncated": 0}
     with project.session(lock=True) as session:
-        for group in groups:
-            conversation = not isinstance(group.prompt, str)
-            prompt = store.Prompt(text=None if conversation else group.prompt, source=group.source,
-                                  messages_json=json.dumps(group.prompt, ensure_ascii=False) if conversation else None)
-            session.add(prompt)
+        return store_candidates(session, groups, ranking=ranking, max_pairs=max_pairs, rng=random.Random(seed))
+
+
+def store_candidates(session, groups: list[PromptCandidates], *, ranking: bool, max_pairs: int,
+                     rng: random.Random) -> dict:
+    """Add prompts, responses and their comparisons within the caller's transaction; returns the counts."""
+    counts = {"prompts": 0, "responses": 0, "comparisons": 0, "uncompared_prompts": 0, "truncated": 0}
+    for group in groups:
+        conversation = not isinstance(group.prompt, str)
+        prompt = store.Prompt(text=None if conversation else group.prompt, source=group.source,
+                              messages_json=json.dumps(group.prompt, ensure_ascii=False) if conversation else None)
+        session.add(prompt)
+        session.flush()
+        rows = [store.Response(prompt_id=prompt.id, text=c.text, model=c.model, seed=c.seed, truncated=c.truncated,
+                               settings_json=None if c.settings is None else json.dumps(c.settings),
+                               source=c.source) for c in group.responses]
+        session.add_all(rows)
+        session.flush()
+        planned = plan_comparisons([c.text for c in group.responses], ranking=ranking, max_pairs=max_pairs, rng=rng)
+        for members in planned:
+            comparison = store.Comparison(prompt_id=prompt.id, kind="rank" if len(members) > 2 else "pair")
+            session.add(comparison)
             session.flush()
-            rows = [store.Response(prompt_id=prompt.id, text=c.text, model=c.model, seed=c.seed, truncated=c.truncated,
-                                   settings_json=None if c.settings is None else json.dumps(c.settings),
-                                   source=c.source) for c in group.responses]
-            session.add_all(rows)
-            session.flush()
-            planned = plan_comparisons([c.text for c in group.responses], ranking=ranking, max_pairs=max_pairs, rng=rng)
-            for members in planned:
-                comparison = store.Comparison(prompt_id=prompt.id, kind="rank" if len(members) > 2 else "pair")
-                session.add(comparison)
-                session.flush()
-                session.add_all(store.ComparisonResponse(comparison_id=comparison.id, position=i,
-                                                         response_id=rows[m].id) for i, m in enumerate(members))
-            counts["prompts"] += 1
-            counts["responses"] += len(rows)
-            counts["comparisons"] += len(planned)
-            counts["uncompared_prompts"] += not planned
-            counts["truncated"] += sum(c.truncated for c in group.responses)
+            session.add_all(store.ComparisonResponse(comparison_id=comparison.id, position=i,
+                                                     response_id=rows[m].id) for i, m in enumerate(members))
+        counts["prompts"] += 1
+        counts["responses"] += len(rows)
+        counts["comparisons"] += len(planned)
+        counts["uncompared_prompts"] += not planned
+        counts["truncated"] += sum(c.truncated for c in group.responses)
     return counts

@@ -47,9 +47,10 @@ class Vote:
     edited_text: str | None = None
 
 
-def export_rows(project, policy: str = "majority", min_annotators: int = 1,
-                ranking: str = "best-vs-worst") -> tuple[list[dict], dict]:
-    """(rows, counts): the pairs to write and what was kept and dropped (comparisons, or judgments under `all`)."""
+def export_rows(project, policy: str = "majority", min_annotators: int = 1, ranking: str = "best-vs-worst",
+                only: set[int] | None = None) -> tuple[list[dict], dict]:
+    """(rows, counts): the pairs to write and what was kept and dropped (comparisons, or judgments under `all`).
+    `only`: these comparison ids, not the whole project (iterate's human judge exports one round)."""
     if policy not in POLICIES or ranking not in RANKINGS:
         raise UserError(f"policy must be one of {', '.join(POLICIES)} and ranking one of {', '.join(RANKINGS)}")
     name = project.name
@@ -70,6 +71,8 @@ def export_rows(project, policy: str = "majority", min_annotators: int = 1,
                                  .order_by(store.Judgment.id)):
             judgments[j.comparison_id].append(j)
     for cid, kind, prompt in comparisons:
+        if only is not None and cid not in only:
+            continue
         counts["comparisons"] += 1
         live = judgments.get(cid, [])
         counts["judgments"] += len(live)

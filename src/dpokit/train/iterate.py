@@ -9,9 +9,14 @@
     OUTPUT/round-R/train/               a dpokit dpo run folder (checkpoints, metrics.jsonl, final/)
     OUTPUT/round-R/eval.jsonl           held-out samples of the trained policy with their scores
     OUTPUT/report.png, summary.json     per-round plots and the whole run's figures
+    OUTPUT/label-key                    human:PROJECT: this run's part of the key its rounds are added to PROJECT by
 
 Killed anywhere, `--resume` continues: finished rounds are kept, sampling is redone from its seed (same samples),
 judging skips what judgments.jsonl holds, training continues from its last checkpoint.
+
+`--judge human:PROJECT` (judges/human.py): a round's samples go to a `dpokit label` project and the run stops
+(summary "waiting", exit code 4) until people have judged them; `--resume` then turns their choices into the round's
+pairs. Held-out figures are then KL and length only: nobody is asked to judge evaluation samples.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from ..eval.generation import kl_estimate, win_rate
 from ..data.templates import as_conversation, templated
 from ..generate import eos_ids, generate, read_prompts
 from ..judges import Judge, Sample, load_judge
+from ..judges.human import HumanJudge, JudgmentsPending
 from ..judges.implicit import add_logps
 from ..models import EMBEDDED_MODEL, frozen_copy, load_model, load_tokenizer, resolve_model_path
 from ..report import write_rounds_html
@@ -169,24 +175,27 @@ def dpo_config(config: IterateConfig, round_dir: Path, data: Path) -> DPOConfig:
                         "eval_fraction": 0.0, "resume": resume, "overwrite": not resume})
 
 
-def evaluate_round(policy, reference, tokenizer, judge: Judge, held: list, config: IterateConfig, round_dir: Path,
-                   start_rows: list[dict] | None, last_rows: list[dict] | None) -> tuple[dict, list[dict]]:
+def evaluate_round(policy, reference, tokenizer, judge: Judge | None, held: list, config: IterateConfig,
+                   round_dir: Path, start_rows: list[dict] | None,
+                   last_rows: list[dict] | None) -> tuple[dict, list[dict]]:
     """The policy's held-out samples (the same seed every round), judged beside the starting model's and the last
-    round's so that a pairwise judge compares them directly; KL to the reference on the policy's own samples."""
+    round's so that a pairwise judge compares them directly; KL to the reference on the policy's own samples.
+    Without a judge (human:PROJECT) only KL and length."""
     k = config.eval_samples
     rows = sample(policy, tokenizer, held, k, config, seed=config.seed + 1_000_003)
-    groups = [("policy", rows)] + [(name, r) for name, r in (("start", start_rows), ("last", last_rows)) if r]
-    combined = [dict(row, sample=g * k + row["sample"]) for g, (_, group) in enumerate(groups) for row in group]
-    path = round_dir / "eval-judgments.jsonl"
-    scores = judge_rows(judge, combined, path, k * len(groups))
-    by_group = {name: scores[g * len(rows):(g + 1) * len(rows)] for g, (name, _) in enumerate(groups)}
     samples = as_samples(rows)
     add_logps(samples, policy, reference, tokenizer.pad_token_id, batch_size=config.sample_batch_size)
-    metrics = {"reward": statistics.fmean(by_group["policy"]),
-               "kl": kl_estimate(torch.tensor([s.policy_logps for s in samples]),
+    metrics = {"kl": kl_estimate(torch.tensor([s.policy_logps for s in samples]),
                                  torch.tensor([s.reference_logps for s in samples])),
                "length": statistics.fmean(len(r["response_ids"]) for r in rows),
                "ended": statistics.fmean(r["ended"] for r in rows)}
+    if judge is None:
+        return metrics, rows
+    groups = [("policy", rows)] + [(name, r) for name, r in (("start", start_rows), ("last", last_rows)) if r]
+    combined = [dict(row, sample=g * k + row["sample"]) for g, (_, group) in enumerate(groups) for row in group]
+    scores = judge_rows(judge, combined, round_dir / "eval-judgments.jsonl", k * len(groups))
+    by_group = {name: scores[g * len(rows):(g + 1) * len(rows)] for g, (name, _) in enumerate(groups)}
+    metrics = {"reward": statistics.fmean(by_group["policy"]), **metrics}
     for name in ("start", "last"):  # each group is prompt-major with k per prompt, as win_rate reads them
         if name in by_group:
             metrics[f"win_rate/{name}"] = win_rate(by_group["policy"], by_group[name], k)
@@ -197,7 +206,7 @@ def evaluate_round(policy, reference, tokenizer, judge: Judge, held: list, confi
 
 def length_warning(first: dict, now: dict) -> str | None:
     """The known failure of self-judged loops: answers grow while the judge's reward does (Yuan et al. 2024, §3)."""
-    if now["length"] > 1.2 * first["length"] and now["reward"] > first["reward"]:
+    if "reward" in now and now["length"] > 1.2 * first["length"] and now["reward"] > first["reward"]:
         return (f"mean length grew from {first['length']:.1f} to {now['length']:.1f} tokens while the judge's reward "
                 f"rose from {first['reward']:.3f} to {now['reward']:.3f}: the judge may be rewarding length")
     return None
@@ -240,9 +249,10 @@ class Iteration:
     reference: object  # the starting model, frozen: DPO's reference (--reference start) and the KL's
     judge_reference: object | None  # implicit:DIR's model; None for other judges
     judge: Judge | None = None
+    human: HumanJudge | None = None  # human:PROJECT (then `judge` is None)
 
-    def judge_for(self, policy) -> Judge:
-        """The judge of a round: fixed, or (implicit:DIR) the policy's own implicit reward."""
+    def judge_for(self, policy) -> Judge | None:
+        """The judge of a round: fixed, or (implicit:DIR) the policy's own implicit reward; None for people."""
         if self.judge_reference is None:
             return self.judge
         return load_judge("implicit", policy=policy, reference=self.judge_reference, beta=self.config.beta,
@@ -274,9 +284,12 @@ class Iteration:
                           config, seed=config.seed * 1_000 + r)
             write_jsonl(round_dir / "samples.jsonl", rows)
         sampled = time.time()
-        scores = judge_rows(self.judge_for(policy), rows, round_dir / "judgments.jsonl", config.samples_per_prompt)
+        if self.human is not None:  # JudgmentsPending until people have judged the round
+            pairs, dropped = self.human.round_pairs(rows, self.run_dir, r, config)
+        else:
+            scores = judge_rows(self.judge_for(policy), rows, round_dir / "judgments.jsonl", config.samples_per_prompt)
+            pairs, dropped = make_pairs(rows, scores, config, r)
         judged = time.time()
-        pairs, dropped = make_pairs(rows, scores, config, r)
         write_jsonl(round_dir / "pairs.jsonl", pairs)
         seconds = {"sample": sampled - started, "judge": judged - sampled}
         return pairs, {"dropped": dropped, "samples": len(rows),
@@ -300,17 +313,20 @@ class Iteration:
 
 def start_iteration(config: IterateConfig) -> tuple[Iteration, object]:
     """The run's fixed parts and the starting model (trainable; the reference is a frozen copy)."""
+    kind, _, project = config.judge.partition(":")
+    human = HumanJudge.open(project, config.judge) if kind == "human" else None  # a bad path fails before anything
     run_dir = start_folder(config)
     held, pool = split_prompts([p for _, p in read_prompts(config.prompts)], config)
     model_path = resolve_model_path(config.model, allow_pickle=config.allow_pickle)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
-    self_judging = config.judge.partition(":")[0] == "implicit"  # DICE (Chen et al. 2024): the policy judges itself
-    judge = None if self_judging else load_judge(config.judge, beta=config.beta, pad_id=tokenizer.pad_token_id,
-                                                 batch_size=config.sample_batch_size)
+    self_judging = kind == "implicit"  # DICE (Chen et al. 2024): the policy judges itself
+    judge = None if self_judging or human else load_judge(config.judge, beta=config.beta,
+                                                          pad_id=tokenizer.pad_token_id,
+                                                          batch_size=config.sample_batch_size)
     start = load_model(model_path, dtype=config.dtype or "float32", trust_remote_code=config.trust_remote_code,
                        train=True, allow_pickle=config.allow_pickle, attention=config.attention)
     return Iteration(config, run_dir, held, pool, tokenizer, frozen_copy(start),
-                     implicit_reference(config) if self_judging else None, judge), start
+                     implicit_reference(config) if self_judging else None, judge, human), start
 
 
 def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
@@ -341,7 +357,13 @@ def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
         if r in finished:
             accumulated += read_jsonl(it.run_dir / f"round-{r}" / "pairs.jsonl")
             continue
-        pairs, made, seconds = it.make_round_pairs(policy, r)
+        try:
+            pairs, made, seconds = it.make_round_pairs(policy, r)
+        except JudgmentsPending as pending:  # people have not judged the round yet: stop here, --resume later
+            if not quiet:
+                print(pending.line, flush=True)
+            return {"rounds": history, "judge": config.judge, "output": str(it.run_dir), "waiting": pending.waiting,
+                    "round": r}
         accumulated += pairs
         trained_on = accumulated if config.accumulate else pairs
         started = time.time()
@@ -363,6 +385,7 @@ def format_round(h: dict) -> str:
     wins = "".join(f", win rate vs {name} {h[f'win_rate/{name}']:.3f}" for name in ("start", "last")
                    if f"win_rate/{name}" in h)
     made = f" ({h['pairs']} pairs, dropped {h['dropped'] or 'none'})" if "pairs" in h else " (the starting model)"
-    line = (f"dpokit iterate: round {h['round']}{made}: held-out reward {h['reward']:.4f}{wins}, KL {h['kl']:.3f}, "
-            f"length {h['length']:.1f} tokens")
+    reward = f"reward {h['reward']:.4f}{wins}, " if "reward" in h else ""  # none when people judge (human:PROJECT)
+    line = (f"dpokit iterate: round {h['round']}{made}: held-out {reward}KL {h['kl']:.3f}, length {h['length']:.1f} "
+            "tokens")
     return line + (f"\n  warning: {h['warning']}" if h.get("warning") else "")
