@@ -108,6 +108,20 @@ if mode == "hub-without-dpokit":
     save()
     sys.exit(0)
 
+if mode == "iterate":
+    # A whole round of online/iterative DPO: sampling, a py: judge, pairing, training, held-out evaluation.
+    model_dir, prompts, judge, output = sys.argv[3:7]
+    phase = "dpokit"
+    from dpokit.cli import main
+    report["exit_code"] = main(["iterate", "--model", model_dir, "--prompts", prompts, "--judge", f"py:{judge}:longer",
+                                "--output", output, "--rounds", "1", "--prompts-per-round", "4",
+                                "--samples-per-prompt", "2", "--batch-size", "2", "--eval-prompts", "2",
+                                "--eval-samples", "1", "--max-new-tokens", "8", "--max-length", "64",
+                                "--max-prompt-length", "32", "--learning-rate", "1e-3", "--temperature", "1.0",
+                                "--allow-truncated-chosen"])
+    save()
+    sys.exit(0)
+
 model_dir, data, output = sys.argv[3:6]
 phase = "dpokit"
 from dpokit.cli import main
@@ -198,3 +212,15 @@ def test_trap_catches_the_hub_client_when_dpokit_is_not_there(tmp_path):
     assert report["hub_error"] is not None  # refused, so the call failed
     hub = egress(report["attempts"])
     assert hub and all("huggingface.co" in a["target"] for a in hub), report
+
+
+def test_a_whole_iterate_round_makes_zero_connection_attempts(tiny_model_dir, tmp_path):
+    """Sampling, judging (a py: judge), pairing, training and the held-out evaluation of `dpokit iterate`."""
+    prompts, judge, output = tmp_path / "prompts.txt", tmp_path / "judge.py", tmp_path / "iterate"
+    prompts.write_text("".join(f"Tell me about the number {i}.\n" for i in range(10)))
+    judge.write_text("def longer(prompts, responses):\n    return [float(len(r)) for r in responses]\n")
+    result, report = run_runner(tmp_path, "iterate", str(tiny_model_dir), str(prompts), str(judge), str(output))
+    assert result.returncode == 0 and report["exit_code"] == 0, result.stderr[-3000:]
+    rounds = [json.loads(line) for line in (output / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1] and (output / "round-1" / "train" / "final").is_dir()
+    assert egress([a for a in report["attempts"] if a["phase"] == "dpokit"]) == []
