@@ -170,9 +170,12 @@ def cmd_export(config) -> int:
 
 
 def cmd_iterate(config) -> int:
-    from .train.iterate import run_iterate
+    if config.online:  # one judged batch per optimizer step (OAIF)
+        from .train.online import run_online as run
+    else:
+        from .train.iterate import run_iterate as run
 
-    summary = run_iterate(config)
+    summary = run(config)
     return EXIT_WAITING if summary.get("waiting") else 0
 
 

@@ -284,3 +284,18 @@ def _short(key: str, limit: int = 40) -> str:
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def write_jsonl(path: Path, rows) -> None:
+    """Rows this program writes (runs, evals, exports): whole or not at all (a temporary file, then a rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list:
+    """The rows of a JSONL file this program wrote. Split on "\n" only: str.splitlines() would also split on
+    U+2028, \x1c and other characters that json.dumps leaves unescaped inside strings."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]

@@ -6,6 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.io import read_jsonl, write_jsonl  # noqa: F401  (their home is data/io; commands import them here)
 from ..errors import UserError
 
 
@@ -86,18 +87,6 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list:
-    """The rows of a JSONL file this program wrote. Split on "\n" only: str.splitlines() would also split on
-    U+2028, \x1c and other characters that json.dumps leaves unescaped inside strings."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def write_json(path: Path, value) -> None:

@@ -179,7 +179,7 @@ def _rows(made: list, counts: Counter) -> list[dict]:
 def export_pairs(project, output, policy: str = "majority", min_annotators: int = 1, ranking: str = "best-vs-worst",
                  overwrite: bool = False) -> dict:
     """Write the export to `output` whole (a temporary file, then renamed); returns the counts."""
-    from ..eval.files import write_jsonl
+    from ..data.io import write_jsonl
 
     output = Path(output)
     if output.exists() and not overwrite:

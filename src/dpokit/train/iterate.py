@@ -330,12 +330,8 @@ def start_iteration(config: IterateConfig) -> tuple[Iteration, object]:
 
 
 def run_iterate(config: IterateConfig, *, quiet: bool = False) -> dict:
-    """Rounds of sample → judge → pair → train → evaluate; returns the run's summary. With --online: one step per
-    judged batch (train/online.py)."""
-    if config.online:
-        from .online import run_online
-
-        return run_online(config, quiet=quiet)
+    """Rounds of sample → judge → pair → train → evaluate; returns the run's summary. (--online is train/online.py,
+    built on this module's parts; cli.cmd_iterate picks which.)"""
     it, policy = start_iteration(config)
     rounds_path = it.run_dir / "rounds.jsonl"
     history = read_jsonl(rounds_path) if rounds_path.is_file() else []
