@@ -112,6 +112,14 @@ def read_appended(path: Path) -> list[dict]:
     return entries
 
 
+def append_lines(path: Path, entries: list[dict]) -> None:
+    """Entries appended at once and fsynced: what was acknowledged survives a kill."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def judge_rows(judge: Judge, rows: list[dict], path: Path, k: int, known: dict | None = None) -> list[float]:
     """A score for every row; what `path` already holds is read back, never asked again. Prompts go to the judge
     whole (a pairwise judge compares a prompt's samples), JUDGE_CHUNK prompts a call, each call appended at once.
@@ -120,16 +128,13 @@ def judge_rows(judge: Judge, rows: list[dict], path: Path, k: int, known: dict |
     if known is None:
         known = {(entry["prompt_index"], entry["sample"]): entry["score"] for entry in read_appended(path)}
     todo = sorted({r["prompt_index"] for r in rows if (r["prompt_index"], r["sample"]) not in known})
-    with open(path, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), JUDGE_CHUNK):
-            chunk = set(todo[start:start + JUDGE_CHUNK])
-            batch = [r for r in rows if r["prompt_index"] in chunk]
-            for row, score in zip(batch, judge(as_samples(batch))):
-                known[(row["prompt_index"], row["sample"])] = score
-                f.write(json.dumps({"prompt_index": row["prompt_index"], "sample": row["sample"], "score": score})
-                        + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # acknowledged judgments survive a kill
+    for start in range(0, len(todo), JUDGE_CHUNK):
+        chunk = set(todo[start:start + JUDGE_CHUNK])
+        batch = [r for r in rows if r["prompt_index"] in chunk]
+        entries = [{"prompt_index": row["prompt_index"], "sample": row["sample"], "score": score}
+                   for row, score in zip(batch, judge(as_samples(batch)))]
+        append_lines(path, entries)  # each call's judgments survive a kill
+        known.update({(e["prompt_index"], e["sample"]): e["score"] for e in entries})
     return [known[(r["prompt_index"], r["sample"])] for r in rows]
 
 

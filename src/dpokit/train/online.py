@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import statistics
 import time
@@ -35,7 +34,7 @@ from ..models import prepare_policy
 from ..reference import LiveReference
 from ..report import write_rounds_html
 from .checkpoint import save_pretrained_atomic
-from .iterate import Iteration, judge_rows, length_warning, make_pairs, read_appended, sample, start_iteration
+from .iterate import Iteration, append_lines, judge_rows, length_warning, make_pairs, read_appended, sample, start_iteration
 from .loop import train_loop
 from .objectives import DPOObjective
 
@@ -47,14 +46,6 @@ def draw_prompts(pool: list, config: IterateConfig, step: int, draw: int) -> lis
     order = list(range(len(pool)))
     random.Random(config.seed * 1_000_003 + step * MAX_DRAWS + draw).shuffle(order)
     return [pool[order[i % len(pool)]] for i in range(config.prompts_per_round)]
-
-
-def append_lines(path: Path, entries: list[dict]) -> None:
-    """Entries appended at once and fsynced: what was acknowledged survives a kill."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class OnlineSource:
