@@ -89,7 +89,7 @@ def eval_prompts(args, models) -> tuple[list, str, bool]:
     template as the run trained them (unless --no-chat-template)."""
     from .preference import uses_chat_template
 
-    template = uses_chat_template(args, models)
+    template = uses_chat_template(args)
     if args.prompts:
         prompts = [p for _, p in read_prompts(args.prompts)]
         where = args.prompts

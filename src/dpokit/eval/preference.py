@@ -24,6 +24,7 @@ from ..data.validate import load_pairs
 from ..errors import UserError
 from ..logprobs import batch_logps
 from ..losses import PairLogps, sigmoid_loss
+from ..models import trained_verbatim
 from ..types import PreferencePair, TokenizedPair
 from .intervals import with_intervals
 from .files import ModelPair, default_out, load_models, prepare_out, resolve_models, write_json, write_jsonl
@@ -128,9 +129,10 @@ def setting(given, config, name: str, default):
     return getattr(config, name) if config is not None else default
 
 
-def uses_chat_template(args, models: ModelPair) -> bool:
-    """Text prompts through the chat template unless --no-chat-template, or the run trained them verbatim."""
-    return not (args.no_chat_template or setting(None, models.run_config, "no_chat_template", False))
+def uses_chat_template(args) -> bool:
+    """Text prompts through the chat template unless --no-chat-template, or --model is a run (or its final/) that
+    trained them verbatim (models.trained_verbatim, as generate and chat ask)."""
+    return not (args.no_chat_template or trained_verbatim(args.model))
 
 
 def tokenized_eval_pairs(args, models: ModelPair, tokenizer):
@@ -144,7 +146,7 @@ def tokenized_eval_pairs(args, models: ModelPair, tokenizer):
     skip_invalid = setting(args.skip_invalid or None, config, "skip_invalid", False)
     pairs, data = eval_pairs(models, args.data, args.split, skip_invalid, args.columns, args.pairs)
     report = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length,
-                            skip_invalid=skip_invalid, chat=uses_chat_template(args, models))
+                            skip_invalid=skip_invalid, chat=uses_chat_template(args))
     if not report.pairs:
         raise UserError(f"{data}: no pairs left after tokenization")
     return report.pairs, data, dict(report.counts)

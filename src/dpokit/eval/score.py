@@ -12,10 +12,9 @@ from ..data.collate import collate_shared
 from ..data.tokenize import tokenize_pairs
 from ..errors import DataError, UserError
 from ..generate import check_prompt
-from ..models import trained_verbatim
 from ..types import PreferencePair
 from .files import load_models, resolve_models, write_jsonl
-from .preference import pair_logps, setting
+from .preference import pair_logps, setting, uses_chat_template
 
 CANDIDATE_FIELDS = ("candidate", "response", "completion", "text")
 
@@ -122,7 +121,7 @@ def score_command(args) -> int:
     for prompt, candidates in groups:
         ranked = rank(policy, reference, tokenizer, prompt, candidates, beta=beta, max_length=args.max_length,
                       max_prompt_length=args.max_prompt_length, batch_size=args.batch_size,
-                      chat=not (args.no_chat_template or trained_verbatim(args.model)))
+                      chat=uses_chat_template(args))
         print(format_ranking(ranked))
         rows += ranked
     out.parent.mkdir(parents=True, exist_ok=True)
