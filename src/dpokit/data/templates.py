@@ -66,6 +66,13 @@ def templated(tokenizer, prompt: Prompt, template: bool = True) -> bool:
     return has_template(tokenizer) and (template or not isinstance(prompt, str))
 
 
+def as_chat(tokenizer, prompt, chat: bool):
+    """The messages a prompt is trained as, or None when it stays plain text (no template, or chat=False)."""
+    if not isinstance(prompt, str):
+        return prompt
+    return as_conversation(prompt) if chat and has_template(tokenizer) else None
+
+
 def render_chat(tokenizer, prompt: Prompt, answer: str | None = None) -> str:
     """The chat template's text of `prompt` followed by the generation prompt or, given `answer`, by that assistant
     turn (without a generation prompt: the text an answer's loss or reward is taken on). A text prompt is the

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DataError
 from ..types import PreferencePair, SFTExample, TokenizedExample, TokenizedPair
-from .templates import as_conversation, has_template, render_chat
+from .templates import as_chat, has_template, render_chat
 
 
 @dataclass
@@ -62,13 +62,6 @@ def _completion_ids(tokenizer, prompt_text: str, prompt_ids: list[int], completi
     if add_eos and (not completion_ids or completion_ids[-1] != tokenizer.eos_token_id):
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     return completion_ids
-
-
-def as_chat(tokenizer, prompt, chat: bool):
-    """The messages a prompt is trained as, or None when it stays plain text (no template, or chat=False)."""
-    if not isinstance(prompt, str):
-        return prompt
-    return as_conversation(prompt) if chat and has_template(tokenizer) else None
 
 
 def _texts(tokenizer, pair: PreferencePair, chat: bool):

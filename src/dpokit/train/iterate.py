@@ -36,7 +36,7 @@ from ..data.lists import scored_pairs
 from ..errors import UserError
 from ..eval.files import read_jsonl, write_jsonl
 from ..eval.generation import kl_estimate, win_rate
-from ..data.templates import as_conversation, templated
+from ..data.templates import as_chat
 from ..generate import eos_ids, generate, read_prompts
 from ..judges import Judge, Sample, load_judge
 from ..judges.human import HumanJudge, JudgmentsPending
@@ -73,9 +73,7 @@ def round_prompts(pool: list, config: IterateConfig, round_index: int) -> list:
 def as_trained(tokenizer, prompt, config: IterateConfig):
     """A text prompt the chat template renders becomes the conversation it stands for (data/templates), kept in the
     pairs as messages, so training sees exactly the tokens sampling saw."""
-    if isinstance(prompt, str) and templated(tokenizer, prompt, not config.no_chat_template):
-        return as_conversation(prompt)
-    return prompt
+    return as_chat(tokenizer, prompt, not config.no_chat_template) or prompt
 
 
 def sample(policy, tokenizer, prompts: list, k: int, config: IterateConfig, seed: int,
