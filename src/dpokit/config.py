@@ -225,7 +225,8 @@ class IterateConfig(DPOConfig):
     temperature: float = opt(1.0, "sampling temperature (0: greedy, which gives K equal samples)")
     top_p: float = opt(1.0, "nucleus sampling threshold")
     max_new_tokens: int = opt(64, "tokens sampled at most per response")
-    sample_batch_size: int = opt(16, "prompts per generate call and responses per judge or log-prob batch")
+    sample_batch_size: int = opt(64, "sequences per generate call (a prompt's K samples share one read of the "
+                                      "prompt) and responses per judge or log-prob batch")
 
     def __post_init__(self):
         super().__post_init__()

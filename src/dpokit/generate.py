@@ -7,6 +7,7 @@ completion starts right after its own prompt; temperature 0 is greedy decoding.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from dataclasses import dataclass
@@ -133,15 +134,16 @@ def encode(tokenizer, texts: list[str], *, special: bool | list[bool] = False) -
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Iterable[Prompt], *, max_new_tokens: int = 128, temperature: float = 0.7,
              top_p: float = 1.0, seed: int = 0, batch_size: int = 8, coh: CohPhrases | None = None,
-             template: bool = True, progress: bool = False, return_ids: bool = False) -> list:
-    """One completion per prompt, in order. Seeded: the same call gives the same text (the global RNG is
-    restored afterwards). With `coh`, the helpful-answer phrase is appended and completions end before the
-    unhelpful one. With `return_ids`, each item is a `Sampled`: the text plus the exact prompt ids the model saw
+             template: bool = True, progress: bool = False, return_ids: bool = False, per_prompt: int = 1) -> list:
+    """`per_prompt` completions per prompt, prompt-major ([p0 s0, p0 s1, …, p1 s0, …]). Seeded: the same call gives
+    the same text (the global RNG is restored afterwards). `batch_size` counts sequences per model.generate call (a
+    prompt's copies stay in one call). With `coh`, the helpful-answer phrase is appended and completions end before
+    the unhelpful one. With `return_ids`, each item is a `Sampled`: the text plus the exact prompt ids the model saw
     and the ids it sampled (up to and including the first EOS), so log-probs can be taken of exactly these tokens."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1 (got {batch_size})")
+    if batch_size < 1 or per_prompt < 1:
+        raise UserError(f"batch size and samples per prompt must be at least 1 (got {batch_size}, {per_prompt})")
     prompts = list(prompts)
     texts = [render_prompt(tokenizer, p, template=template) for p in prompts]
     specials = [not templated(tokenizer, p, template) for p in prompts]
@@ -151,23 +153,44 @@ def generate(model, tokenizer, prompts: Iterable[Prompt], *, max_new_tokens: int
     device = next(model.parameters()).device
     completions: list[str] = []
     ids: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
-    starts = range(0, len(texts), batch_size)
+    step = max(1, batch_size // per_prompt)  # prompts per call
+    starts = range(0, len(texts), step)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in tqdm(starts, desc="generate", unit="batch", disable=not progress, file=sys.stderr):
-            batch = encode(tokenizer, texts[start:start + batch_size],
-                           special=specials[start:start + batch_size]).to(device)
-            out = model.generate(**batch, **args)  # (B, T + new)
+            batch = encode(tokenizer, texts[start:start + step], special=specials[start:start + step]).to(device)
+            out = sample_shared_prompt(model, batch, per_prompt, args)  # (B × per_prompt, T + new)
             new = out[:, batch["input_ids"].shape[1]:]
             completions += tokenizer.batch_decode(new, skip_special_tokens=True)
             if return_ids:
-                ids += [(tuple(row[mask.bool()].tolist()), until_eos(sampled, args["eos_token_id"]))
-                        for row, mask, sampled in zip(batch["input_ids"], batch["attention_mask"], new.tolist())]
+                seen = [tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+                ids += [(seen[i // per_prompt], until_eos(sampled, args["eos_token_id"]))
+                        for i, sampled in enumerate(new.tolist())]
     if coh is not None:
         completions = [cut_at_negative(c, coh) for c in completions]
     if return_ids:
         return [Sampled(text, prompt_ids, completion_ids) for text, (prompt_ids, completion_ids) in zip(completions, ids)]
     return completions
+
+
+def sample_shared_prompt(model, batch: dict, k: int, args: dict) -> torch.Tensor:
+    """k samples per row of a left-padded batch. The prompts are read once: one forward over all but their last token
+    fills a KV cache, repeated k times, and model.generate continues from it (a prompt's prefill costs as much as
+    ~all its answer's tokens on a CPU, so k copies of it were k − 1 wasted). Positions are numbered as model.generate
+    numbers left-padded rows, so the cache is the one generate would have built."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if k == 1 or ids.shape[1] < 2:
+        return model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0), **args)
+    names = inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
+    cache_name = "cache" if "cache" in names else "past_key_values"  # renamed in transformers 5
+    position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in names else {}
+    prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position[:, :-1], use_cache=True,
+                   **keep)
+    cache = getattr(prefix, cache_name, None) or prefix.past_key_values
+    cache.batch_repeat_interleave(k)
+    return model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0),
+                          **{cache_name: cache}, **args)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,32 @@ def test_seeded_sampling_repeats_and_temperature_zero_is_greedy(tiny_model_dir, 
     assert [r["completion"] for r in read_jsonl(greedy)] == want * 2
 
 
+@pytest.mark.parametrize("adapter", [False, True])
+def test_k_samples_share_one_prompt_prefill_and_equal_k_copies_of_the_prompt(tiny_model_dir, adapter_dir, adapter):
+    """per_prompt=k reads each prompt once (a KV cache repeated k times) and draws what k copies would: the same
+    seeded samples, prompts of different lengths in one left-padded batch, through peft too."""
+    model, tokenizer = load_for_generation(adapter_dir if adapter else tiny_model_dir)
+    prompts = ["Hello, how are you?", "x", "A much longer prompt, so that the others are left-padded in the batch."]
+    embed = model.get_input_embeddings()
+    seen = []
+    hook = embed.register_forward_hook(lambda module, args, out: seen.append(args[0].numel()))
+    try:
+        common = dict(temperature=1.0, seed=5, max_new_tokens=6, return_ids=True, template=False)
+        copies = generate(model, tokenizer, [p for p in prompts for _ in range(3)], batch_size=9, **common)
+        copies_tokens, seen[:] = sum(seen), []
+        shared = generate(model, tokenizer, prompts, batch_size=9, per_prompt=3, **common)
+        shared_tokens = sum(seen)
+    finally:
+        hook.remove()
+    assert [(s.prompt_ids, s.completion_ids, s.text) for s in shared] == \
+        [(s.prompt_ids, s.completion_ids, s.text) for s in copies]
+    width = max(len(s.prompt_ids) for s in shared)
+    # the prompt batch (3 × width) is read once, not 3 times; decoding reads the same 9 × new tokens on both sides
+    assert copies_tokens - shared_tokens == 9 * width - 3 * (width - 1) - 9
+    other = generate(model, tokenizer, prompts, batch_size=9, per_prompt=3, **{**common, "seed": 6})
+    assert [s.completion_ids for s in other] != [s.completion_ids for s in shared]  # the seed matters
+
+
 def test_bad_prompts_file_is_one_line_naming_file_line_and_field(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": 5}) + "\n")

@@ -57,7 +57,7 @@ def args(model_dir, inputs, out, *extra):
 
 
 def share_with_the(run: Path, round_index: int) -> float:
-    rows = [json.loads(line) for line in (run / f"round-{round_index}" / "eval.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / f"round-{round_index}" / "eval.jsonl").read_text().rstrip("\n").split("\n")]
     return sum("the" in r["response"].lower() for r in rows) / len(rows)
 
 
@@ -68,10 +68,10 @@ def test_the_rewarded_word_spreads_over_two_rounds(tiny_model_dir, inputs, tmp_p
     assert main(args(tiny_model_dir, inputs, run)) == 0
     shares = [share_with_the(run, r) for r in range(3)]
     assert shares[2] > shares[0] and shares[2] >= 2 * shares[0], shares
-    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().rstrip("\n").split("\n")]
     assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[2]["reward"] > rounds[0]["reward"]
     assert rounds[2]["win_rate/start"] > 0.5 and rounds[1]["kl"] > 0
-    pairs = [json.loads(line) for line in (run / "round-1" / "pairs.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (run / "round-1" / "pairs.jsonl").read_text().rstrip("\n").split("\n")]
     assert len(pairs) == rounds[1]["pairs"] > 0 and all(p["chosen"] != p["rejected"] for p in pairs)
     # the tiny tokenizer has a chat template: text prompts were sampled as one user message, and train as one
     text = lambda answer: answer[0]["content"].lower()  # noqa: E731
@@ -99,7 +99,7 @@ def uninterrupted(tiny_model_dir, inputs, tmp_path_factory):
 
 def judged(state: Path) -> Counter:
     """Every (prompt, response) the judge was asked about, with how often."""
-    return Counter(map(tuple, (json.loads(x) for x in state.with_suffix(".log").read_text().splitlines())))
+    return Counter(map(tuple, (json.loads(x) for x in state.with_suffix(".log").read_text().rstrip("\n").split("\n"))))
 
 
 def assert_equal_runs(killed: Path, killed_state: Path, whole: Path, whole_state: Path) -> None:
@@ -111,7 +111,7 @@ def assert_equal_runs(killed: Path, killed_state: Path, whole: Path, whole_state
     b = load_file(killed / "round-2" / "train" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
-                      for x in (p / "rounds.jsonl").read_text().splitlines()]
+                      for x in (p / "rounds.jsonl").read_text().rstrip("\n").split("\n")]
     assert read(killed) == read(whole)
 
 
@@ -184,10 +184,10 @@ def test_killed_while_sampling_resumes_with_the_same_samples_and_ends_equal(tiny
         assert done.returncode == -9, done.stderr[-2000:]
         return json.loads((tmp_path / "kill.json").read_text())
 
-    # 40 prompts × 8 samples in batches of 16: 20 batches a round. Batch 7: round 1's sampling; resumed, round 1 is
-    # sampled again (20 batches) and batch 33 is the 13th of round 2's
-    assert killed_run(7) == {"round": "round-1", "batch": 7, "samples_written": False, "judged": False}
-    assert killed_run(33, "--resume") == {"round": "round-2", "batch": 33, "samples_written": False, "judged": False}
+    # 40 prompts × 8 samples, 64 sequences (8 prompts) a generate call: 5 batches a round. Batch 3: round 1's
+    # sampling; resumed, round 1 is sampled again (5 batches) and batch 8 is the 3rd of round 2's
+    assert killed_run(3) == {"round": "round-1", "batch": 3, "samples_written": False, "judged": False}
+    assert killed_run(8, "--resume") == {"round": "round-2", "batch": 8, "samples_written": False, "judged": False}
     third = run_cli(args(tiny_model_dir, inputs, killed, "--resume"), env)
     assert third.returncode == 0, third.stderr[-2000:]
     whole, whole_state = uninterrupted
@@ -213,7 +213,7 @@ def test_implicit_judge_needs_its_reference_and_moves_with_the_policy(tiny_model
     assert "implicit:DIR" in capsys.readouterr().err
     other = make_model_dir(tmp_path / "other", seed=1)  # another model: the policy's reward against it is not 0
     assert main([*base, "--judge", f"implicit:{other}", "--output", str(tmp_path / "b")]) == 0
-    rounds = [json.loads(line) for line in (tmp_path / "b" / "rounds.jsonl").read_text().splitlines()]
+    rounds = [json.loads(line) for line in (tmp_path / "b" / "rounds.jsonl").read_text().rstrip("\n").split("\n")]
     assert rounds[1]["pairs"] > 0 and rounds[0]["reward"] != 0
 
 
@@ -239,7 +239,7 @@ def test_killed_while_training_resumes_from_its_checkpoint_and_ends_equal(tiny_m
     assert not (train / "final").exists(), "the kill came after training ended: nothing was tested"
     resumed = run_cli(args(tiny_model_dir, inputs, killed, *one_round, "--resume"), env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = [json.loads(x)["step"] for x in (train / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x)["step"] for x in (train / "metrics.jsonl").read_text().rstrip("\n").split("\n")]
     assert metrics == sorted(set(metrics)) and metrics[-1] == 60  # continued, nothing logged twice
     a = load_file(whole / "round-1" / "train" / "final" / "model.safetensors")
     b = load_file(train / "final" / "model.safetensors")

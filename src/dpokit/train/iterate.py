@@ -79,11 +79,12 @@ def as_trained(tokenizer, prompt, config: IterateConfig):
 def sample(policy, tokenizer, prompts: list, k: int, config: IterateConfig, seed: int,
            progress: bool = True) -> list[dict]:
     """K samples per prompt, prompt-major, as rows: ids kept, and whether the sample ended (EOS) or was cut off."""
-    flat = [as_trained(tokenizer, p, config) for p in prompts for _ in range(k)]
+    unique = [as_trained(tokenizer, p, config) for p in prompts]
+    flat = [p for p in unique for _ in range(k)]
     stops = set(eos_ids(policy, tokenizer))
-    drawn = generate(policy, tokenizer, flat, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+    drawn = generate(policy, tokenizer, unique, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                      top_p=config.top_p, seed=seed, batch_size=config.sample_batch_size, return_ids=True,
-                     template=not config.no_chat_template, progress=progress)
+                     template=not config.no_chat_template, progress=progress, per_prompt=k)
     return [{"prompt_index": i // k, "sample": i % k, "prompt": prompt, "response": s.text,
              "prompt_ids": list(s.prompt_ids), "response_ids": list(s.completion_ids),
              "ended": bool(s.completion_ids) and s.completion_ids[-1] in stops, "seed": seed}
