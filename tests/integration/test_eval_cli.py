@@ -18,7 +18,7 @@ def run(*args) -> int:
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text().rstrip("\n").split("\n")]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_heldout_split_reproduces_the_runs_eval_pairs(tiny_model_dir, pairs_file
     assert summary["pairs"] == trained["pairs"]["eval"] == 4
     assert summary["ref"] == str(tiny_model_dir) and summary["model"] == str(run_dir / "final")
     assert summary["beta"] == 0.1 and "heldout" in summary["data"]
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().rstrip("\n").split("\n")]
     end = [m for m in metrics if "eval/loss" in m][-1]  # the run's own held-out numbers after its last step
     assert summary["loss"] == pytest.approx(end["eval/loss"], abs=1e-4)
     assert summary["rewards/accuracies"] == pytest.approx(end["eval/rewards/accuracies"])

@@ -22,7 +22,7 @@ STEPS = 40
 SETTINGS = ["--online", "--max-steps", str(STEPS), "--prompts-per-round", "8", "--samples-per-prompt", "4",
             "--batch-size", "8", "--eval-every", "20", "--eval-prompts", "16", "--eval-samples", "4",
             "--max-new-tokens", "16", "--learning-rate", "5e-3", "--save-every", "5", "--max-length", "256",
-            "--max-prompt-length", "128", "--allow-truncated-chosen"]
+            "--max-prompt-length", "128", "--allow-truncated-chosen", "--sample-batch-size", "16"]
 
 
 def args(model_dir, inputs, out, *extra):
@@ -32,7 +32,8 @@ def args(model_dir, inputs, out, *extra):
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
+    # split at "\n" only: str.splitlines also splits inside a sampled answer holding U+2028, U+0085 and the like
+    return [json.loads(x) for x in path.read_text().rstrip("\n").split("\n")]
 
 
 def share_with_the(run: Path, r: int) -> float:
@@ -113,7 +114,7 @@ def encode(*a, **k):
         batches += 1
         where["batch"] += 1
         if batches == int(os.environ["KILL_AT_SAMPLE_BATCH"]):
-            on_disk = [json.loads(x) for x in where["path"].read_text().splitlines()] if where["path"].exists() else []
+            on_disk = [json.loads(x) for x in where["path"].read_text().rstrip("\\n").split("\\n")] if where["path"].exists() else []
             written = any((r["step"], r["draw"]) == (where["step"], where["draw"]) for r in on_disk)
             state = {"step": where["step"], "draw": where["draw"], "batch_of_draw": where["batch"], "written": written}
             Path(os.environ["KILL_LOG"]).write_text(json.dumps(state))
@@ -127,7 +128,7 @@ runpy.run_module("dpokit", run_name="__main__")
 
 
 def judged(state: Path) -> Counter:
-    return Counter(map(tuple, (json.loads(x) for x in state.with_suffix(".log").read_text().splitlines())))
+    return Counter(map(tuple, (json.loads(x) for x in state.with_suffix(".log").read_text().rstrip("\n").split("\n"))))
 
 
 @pytest.mark.slow
