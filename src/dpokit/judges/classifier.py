@@ -10,7 +10,8 @@ Its input:
   same text gets the same number it got in training;
 - any other classifier: the conversation rendered by its own chat template when the prompt is a conversation (or
   text) and it has one, else prompt text + response text, tokenized as the tokenizer does.
-Rows are right-padded; the model pools each row itself (decoder classifiers: the rightmost non-pad token).
+Rows are right-padded, batched by length (less padding); the model pools each row itself (decoder classifiers: the
+rightmost non-pad token).
 """
 from __future__ import annotations
 
@@ -62,25 +63,29 @@ class ClassifierJudge:
             return render_chat(self.tokenizer, sample.prompt, sample.response)
         return plain_prompt(sample.prompt) + sample.response
 
-    def batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+    def ids(self, samples: list[Sample]) -> list[list[int]]:
         trained = getattr(self.model.config, REWARD_INPUT, None)
         if trained:  # a dpokit reward model: the ids its training built
-            rows = [pair_ids(self.tokenizer, s.prompt, s.response, max_length=trained["max_length"],
+            return [pair_ids(self.tokenizer, s.prompt, s.response, max_length=trained["max_length"],
                              max_prompt_length=trained["max_prompt_length"], chat=trained.get("chat", False))
                     for s in samples]
-            return right_padded(rows, self.tokenizer.pad_token_id)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
-        return dict(self.tokenizer([self.text(s) for s in samples], padding=True, truncation=True, max_length=limit,
-                                   return_tensors="pt"))
+        return self.tokenizer([self.text(s) for s in samples], truncation=True, max_length=limit)["input_ids"]
 
     @torch.no_grad()
     def __call__(self, samples: list[Sample]) -> list[float]:
         device = next(self.model.parameters()).device
-        values = []
-        for start in range(0, len(samples), self.batch_size):
-            batch = self.batch(samples[start:start + self.batch_size])
+        pad_id = self.model.config.pad_token_id
+        rows = self.ids(samples)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # like lengths share a batch: little padding
+        values = [0.0] * len(rows)
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            batch = right_padded([rows[i] for i in chosen], self.tokenizer.pad_token_id if pad_id is None else pad_id)
             logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits.float()  # (B, labels)
-            values += (logits[:, 1] - logits[:, 0] if logits.shape[-1] == 2 else logits[:, -1]).tolist()
+            scores = logits[:, 1] - logits[:, 0] if logits.shape[-1] == 2 else logits[:, -1]
+            for i, value in zip(chosen, scores.tolist()):
+                values[i] = value
         return checked(values, samples, self.name)
 
 
