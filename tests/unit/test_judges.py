@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dpokit.errors import UserError
-from dpokit.eval.generation import win_rate
+from dpokit.eval.generation import prompt_win_rates, win_rate
 from dpokit.judges import Sample, load_judge
 
 
@@ -16,6 +16,12 @@ def test_win_rate_counts_ties_as_half():
     assert win_rate([3, 3, 0, 0], [1, 1, 1, 1], k=2) == 0.5  # prompt 1 all wins, prompt 2 all losses
     assert win_rate([1, 1], [1, 1], k=1) == 0.5
     assert win_rate([2, 2], [1, 1], k=2) == 1.0
+
+
+def test_win_rate_per_prompt_is_what_its_interval_resamples():
+    assert prompt_win_rates([3, 3, 0, 0], [1, 1, 1, 1], k=2) == [1.0, 0.0]
+    assert prompt_win_rates([2, 0, 1], [1, 1, 1], k=1) == [1.0, 0.0, 0.5]
+    assert prompt_win_rates([2, 0], [1, 3], k=2) == [0.25]  # 2>1 wins; 2<3, 0<1, 0<3 lose
 
 
 def test_python_judge_from_a_file_is_called_with_prompts_and_responses(tmp_path):

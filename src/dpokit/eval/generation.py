@@ -20,6 +20,7 @@ from ..generate import generate, read_prompts
 from .files import default_out, is_run_dir, load_models, prepare_out, resolve_models, write_json, write_jsonl
 from ..judges import Sample, load_judge
 from ..judges.implicit import add_logps
+from .intervals import bootstrap_mean
 
 
 def kl_estimate(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> float:
@@ -31,19 +32,26 @@ def draw(model, tokenizer, prompts: list, k: int, **sampling) -> list[Sample]:
     """k samples per prompt, prompt-major ([p0 s0, p0 s1, ..., p1 s0, ...]), with the exact ids sampled."""
     flat = [p for p in prompts for _ in range(k)]
     return [Sample(p, s.text, s.prompt_ids, s.completion_ids)
-            for p, s in zip(flat, generate(model, tokenizer, flat, return_ids=True, **sampling))]
+            for p, s in zip(flat, generate(model, tokenizer, prompts, return_ids=True, per_prompt=k, **sampling))]
+
+
+def prompt_win_rates(policy_rewards: list[float], reference_rewards: list[float], k: int) -> list[float]:
+    """Per prompt, the mean of its k × k (policy, reference) sample comparisons: win 1, tie 0.5, loss 0.
+
+    prompt_win_rates([3, 3, 0, 0], [1, 1, 1, 1], k=2) = [1.0, 0.0] (prompt 1 all wins, prompt 2 all losses)."""
+    rates = []
+    for start in range(0, len(policy_rewards), k):
+        scores = [1.0 if p > r else 0.5 if p == r else 0.0
+                  for p in policy_rewards[start:start + k] for r in reference_rewards[start:start + k]]
+        rates.append(sum(scores) / len(scores))
+    return rates
 
 
 def win_rate(policy_rewards: list[float], reference_rewards: list[float], k: int) -> float:
     """Mean over prompts and over the k × k (policy, reference) sample comparisons: win 1, tie 0.5, loss 0.
 
     win_rate([2, 0], [1, 1], k=2) = (1 + 1 + 0 + 0) / 4 = 0.5 (one prompt, two samples each)."""
-    scores = []
-    for start in range(0, len(policy_rewards), k):
-        for p in policy_rewards[start:start + k]:
-            for r in reference_rewards[start:start + k]:
-                scores.append(1.0 if p > r else 0.5 if p == r else 0.0)
-    return sum(scores) / len(scores)
+    return statistics.fmean(prompt_win_rates(policy_rewards, reference_rewards, k))
 
 
 def evaluate_generation(policy, reference, tokenizer, prompts: list, reward, *, k: int, batch_size: int = 8,
@@ -58,7 +66,10 @@ def evaluate_generation(policy, reference, tokenizer, prompts: list, reward, *, 
                      torch.tensor([s.reference_logps for s in policy_samples]))
     summary = {"prompts": len(prompts), "k": k, "reward/policy": statistics.fmean(policy_rewards),
                "reward/reference": statistics.fmean(reference_rewards),
-               "win_rate": win_rate(policy_rewards, reference_rewards, k), "kl": kl,
+               "win_rate": win_rate(policy_rewards, reference_rewards, k),
+               # prompts are the independent units (a prompt's k samples are not): resample prompts
+               "win_rate_ci": list(bootstrap_mean(prompt_win_rates(policy_rewards, reference_rewards, k))),
+               "kl": kl,
                "length/policy": statistics.fmean(len(s.response_ids) for s in policy_samples),
                "length/reference": statistics.fmean(len(s.response_ids) for s in reference_samples)}
     rows = []
@@ -77,7 +88,8 @@ def format_summary(s: dict) -> str:
              f"  {'':<26}{'policy':>10}{'reference':>11}",
              f"  {'mean reward':<26}{s['reward/policy']:>10.4f}{s['reward/reference']:>11.4f}",
              f"  {'mean length (tokens)':<26}{s['length/policy']:>10.1f}{s['length/reference']:>11.1f}",
-             f"  {'win rate vs reference':<26}{s['win_rate']:>10.4f}     (ties 0.5; 0.5 = no better)",
+             f"  {'win rate vs reference':<26}{s['win_rate']:>10.4f}     95% interval {s['win_rate_ci'][0]:.4f} – "
+             f"{s['win_rate_ci'][1]:.4f} over prompts (ties 0.5; 0.5 = no better)",
              f"  {'KL to reference (nats)':<26}{s['kl']:>10.4f}     (mean log π − log π_ref of policy samples)",
              f"  samples: {s['out']}/samples.jsonl"]
     return "\n".join(lines)
